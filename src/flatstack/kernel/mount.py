@@ -1,0 +1,81 @@
+"""mount(2), umount2(2), pivot_root(2) and openat2(2) with RESOLVE_IN_ROOT."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from flatstack.kernel.libc import check, fsencode, libc, syscall
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_LAZYTIME = 1 << 25
+
+MNT_FORCE = 1
+MNT_DETACH = 2
+MNT_EXPIRE = 4
+UMOUNT_NOFOLLOW = 8
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                       ctypes.c_char_p]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    """mount(2); raises KernelError naming the target on failure."""
+    check(libc.mount(fsencode(source), fsencode(target), fsencode(fstype), flags,
+                     fsencode(data)), "mount", f"{source} on {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    check(libc.umount2(fsencode(target), flags), "umount2", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2)."""
+    syscall("pivot_root", fsencode(new_root), fsencode(put_old), detail=new_root)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
+            resolve: int = RESOLVE_IN_ROOT) -> int:
+    """openat2(2); by default resolves ``path`` as if ``dirfd`` were ``/``."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return syscall("openat2", dirfd, fsencode(path), ctypes.byref(how),
+                   ctypes.sizeof(how), detail=path)
+
+
+def fd_path(fd: int) -> str:
+    """A path that names what ``fd`` refers to, for calls that take paths."""
+    return f"/proc/self/fd/{fd}"

@@ -1,0 +1,1 @@
+"""runtime-spec documents: validation, the default spec, the features document."""

@@ -1,0 +1,1 @@
+"""flatrun: the OCI runtime.  Nothing here knows what an image or an app is."""

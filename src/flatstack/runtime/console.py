@@ -1,0 +1,97 @@
+"""The container's terminal: a pty allocated inside the container, master sent out.
+
+runc's protocol: the runtime connects to ``--console-socket`` and sends the
+pty master as SCM_RIGHTS; the slave becomes the process's stdio and
+controlling terminal, and is bind-mounted over /dev/console.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import struct
+
+from flatstack.errors import FlatstackError
+from flatstack.kernel import mount as m
+
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+TIOCSCTTY = 0x540E
+TIOCSWINSZ = 0x5414
+_PTS_MAJOR_MIN, _PTS_MAJOR_MAX = 136, 143
+
+
+def connect_console_socket(path: str) -> int:
+    """Connect to the console socket; returns the connected fd (inheritable by fork)."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as err:
+        sock.close()
+        raise FlatstackError(f"--console-socket {path}: {os.strerror(err.errno or 0).lower()}"
+                             ) from None
+    return sock.detach()
+
+
+def open_pty() -> tuple[int, int, str]:
+    """Open a new pty pair from the container's /dev/ptmx: (master, slave, slave path)."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
+    path = f"/dev/pts/{number}"
+    slave = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    st = os.fstat(slave)
+    # CVE-2025-52565: make sure what we opened really is a pty slave.
+    if not stat.S_ISCHR(st.st_mode) or not (
+        _PTS_MAJOR_MIN <= os.major(st.st_rdev) <= _PTS_MAJOR_MAX
+    ):
+        raise FlatstackError(f"{path} is not a pseudo-terminal; refusing to use it")
+    return master, slave, path
+
+
+def set_winsize(fd: int, size: dict[str, int] | None) -> None:
+    """Apply process.consoleSize."""
+    if size:
+        fcntl.ioctl(fd, TIOCSWINSZ, struct.pack("HHHH", int(size.get("height", 0)),
+                                                int(size.get("width", 0)), 0, 0))
+
+
+def send_master(sock_fd: int, master: int, name: str) -> None:
+    """Send the pty master over the connected console socket."""
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        socket.send_fds(sock, [name.encode()], [master])
+    finally:
+        sock.detach()
+
+
+def setup_console(sock_fd: int, size: dict[str, int] | None, mount_console: bool) -> None:
+    """Allocate the terminal in the container and make it stdio + controlling tty."""
+    master, slave, path = open_pty()
+    set_winsize(master, size)
+    if mount_console:
+        try:
+            fd = m.openat2(-100, "/dev/console", os.O_PATH | os.O_NOFOLLOW, 0,
+                           m.RESOLVE_NO_SYMLINKS)
+        except Exception:
+            created = os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o600)
+            os.close(created)
+            fd = m.openat2(-100, "/dev/console", os.O_PATH | os.O_NOFOLLOW, 0,
+                           m.RESOLVE_NO_SYMLINKS)
+        try:
+            m.mount(f"/proc/self/fd/{slave}", m.fd_path(fd), None, m.MS_BIND)
+        finally:
+            os.close(fd)
+    send_master(sock_fd, master, path)
+    os.close(master)
+    os.close(sock_fd)
+    for target in (0, 1, 2):
+        os.dup2(slave, target)
+    os.close(slave)
+    fcntl.ioctl(0, TIOCSCTTY, 0)

@@ -1,0 +1,307 @@
+"""``flatrun create``: everything the parent does to bring a container to "created"."""
+
+from __future__ import annotations
+
+import os
+
+from flatstack.errors import FlatstackError
+from flatstack.kernel import ns
+from flatstack.runtime.init import LaunchPlan, stage_one
+from flatstack.runtime.state import Container, process_start_time, rfc3339_now
+from flatstack.runtime.sync import Channel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+SECCOMP_CACHE = ".seccomp-cache"
+
+# Sysctl prefixes that are namespaced, and the namespace each needs.
+_IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+
+
+class CreateOptions:
+    """Flags of ``flatrun create`` / ``run``."""
+
+    def __init__(self, *, root: str, container_id: str, bundle: str,
+                 pid_file: str | None = None, console_socket: str | None = None,
+                 preserve_fds: int = 0, no_pivot: bool = False, no_new_keyring: bool = False,
+                 systemd_cgroup: bool = False) -> None:
+        self.root = root
+        self.container_id = container_id
+        self.bundle = os.path.abspath(bundle)
+        self.pid_file = pid_file
+        self.console_socket = console_socket
+        self.preserve_fds = preserve_fds
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+        self.systemd_cgroup = systemd_cgroup
+
+
+def check_runtime_requirements(config: dict[str, Any]) -> None:
+    """Spec requirements the runtime enforces beyond the config's shape."""
+    linux = config.get("linux") or {}
+    types = {n.get("type"): n for n in linux.get("namespaces") or []}
+    if "mount" not in types:
+        raise FlatstackError("linux.namespaces: flatrun needs a mount namespace")
+    process = config.get("process")
+    if not process or not process.get("args"):
+        raise FlatstackError("process.args: required to create a container")
+    if config.get("hostname") is not None and ("uts" not in types or types["uts"].get("path")):
+        raise FlatstackError("hostname: setting a hostname needs a new uts namespace")
+    if config.get("domainname") is not None and (
+        "uts" not in types or types["uts"].get("path")
+    ):
+        raise FlatstackError("domainname: setting a domainname needs a new uts namespace")
+    user_ns = types.get("user")
+    if user_ns is not None and not user_ns.get("path") and not linux.get("uidMappings"):
+        raise FlatstackError("linux.uidMappings: a new user namespace needs uid mappings")
+    if user_ns is None and (linux.get("uidMappings") or linux.get("gidMappings")):
+        raise FlatstackError("linux.uidMappings: mappings given without a user namespace")
+    if process.get("terminal") is None:
+        pass
+    for key in linux.get("sysctl") or {}:
+        if key.startswith("net."):
+            if "network" not in types:
+                raise FlatstackError(f"linux.sysctl.{key}: needs a network namespace")
+        elif key.startswith(_IPC_SYSCTLS) or key.startswith("fs.mqueue."):
+            if "ipc" not in types:
+                raise FlatstackError(f"linux.sysctl.{key}: needs an ipc namespace")
+        elif key in ("kernel.hostname", "kernel.domainname"):
+            raise FlatstackError(f"linux.sysctl.{key}: use the hostname/domainname fields")
+        else:
+            raise FlatstackError(f"linux.sysctl.{key}: not a namespaced sysctl; "
+                                 "it would change the host")
+    if linux.get("timeOffsets") and "time" not in types:
+        raise FlatstackError("linux.timeOffsets: needs a time namespace")
+    if (process.get("apparmorProfile") and
+            not os.path.exists("/sys/kernel/security/apparmor")):
+        raise FlatstackError("process.apparmorProfile: AppArmor is not enabled on this host")
+    if process.get("selinuxLabel") and not os.path.exists("/sys/fs/selinux/enforce"):
+        raise FlatstackError("process.selinuxLabel: SELinux is not enabled on this host")
+    if linux.get("intelRdt"):
+        raise FlatstackError("linux.intelRdt: Intel RDT is not supported")
+
+
+def default_device_rules(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Device cgroup rules: the config's, then linux.devices, then runc's defaults."""
+    linux = config.get("linux") or {}
+    resources = linux.get("resources") or {}
+    rules = list(resources.get("devices") or [])
+    for dev in linux.get("devices") or []:
+        if dev.get("type") in ("c", "b"):
+            rules.append({"allow": True, "type": dev["type"], "major": dev.get("major"),
+                          "minor": dev.get("minor"), "access": "rwm"})
+    for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2),
+                         (136, None), (10, 200)):
+        rule: dict[str, Any] = {"allow": True, "type": "c", "major": major, "access": "rwm"}
+        if minor is not None:
+            rule["minor"] = minor
+        rules.append(rule)
+    # Any character/block device may be mknod-ed, as runc allows.
+    rules.append({"allow": True, "type": "c", "access": "m"})
+    rules.append({"allow": True, "type": "b", "access": "m"})
+    return rules
+
+
+def seccomp_program(config: dict[str, Any], root: str) -> tuple[bytes | None, int]:
+    """Compiled BPF (cached) and filter flags for linux.seccomp, or (None, 0)."""
+    profile = (config.get("linux") or {}).get("seccomp")
+    if not profile:
+        return None, 0
+    from flatstack.runtime import seccomp
+
+    bpf = seccomp.load_cached(profile, os.path.join(root, SECCOMP_CACHE))
+    return bpf, seccomp.filter_flags(profile)
+
+
+def create(opts: CreateOptions, *, subreaper: bool = False) -> Container:
+    """Create a container and leave it waiting on its exec FIFO."""
+    from flatstack.oci.config import load_config
+
+    config = load_config(opts.bundle)
+    check_runtime_requirements(config)
+    container = Container.new(opts.root, opts.container_id)
+    cleanup = _Cleanup(container)
+    try:
+        _create(opts, config, container, cleanup, subreaper)
+    except BaseException:
+        cleanup.run()
+        raise
+    return container
+
+
+class _Cleanup:
+    """Undo a partial create: kill the init, remove the cgroup and the state."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self.pids: list[int] = []
+        self.cgroup: Any = None
+
+    def run(self) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        if self.cgroup is not None:
+            try:
+                self.cgroup.destroy()
+            except FlatstackError:
+                pass
+        self.container.remove_dir()
+
+
+def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
+            cleanup: _Cleanup, subreaper: bool) -> None:
+    linux = config.get("linux") or {}
+    rootless = os.geteuid() != 0
+    bpf, sec_flags = seccomp_program(config, opts.root)
+    cgroup = _make_cgroup(opts, config, container.id, rootless)
+    cleanup.cgroup = cgroup
+    annotations = config.get("annotations") or {}
+    container.data.update({
+        "ociVersion": config.get("ociVersion", "1.2.0"),
+        "bundle": opts.bundle,
+        "rootfs": config["root"]["path"],
+        "created": rfc3339_now(),
+        "owner": "" if not rootless else str(os.geteuid()),
+        "annotations": annotations,
+        "creating": True,
+        "cgroup": cgroup.to_state() if cgroup is not None else None,
+        "hooks": {k: v for k, v in (config.get("hooks") or {}).items()
+                  if k in ("poststart", "poststop")},
+        "namespaces": linux.get("namespaces") or [],
+        "process": config.get("process"),
+        "config_linux": {k: linux[k] for k in ("seccomp", "uidMappings", "gidMappings")
+                         if k in linux},
+        "rootless": rootless,
+    })
+    os.mkfifo(container.fifo_path, 0o622)
+    fifo_fd = os.open(container.fifo_path, os.O_PATH | os.O_CLOEXEC)
+    parent_end, child_end = Channel.pair()
+    plan = LaunchPlan(config, container_id=container.id, bundle=opts.bundle,
+                      rootfs=config["root"]["path"], channel=child_end)
+    plan.fifo_fd = fifo_fd
+    if container._lock_fd is not None:
+        plan.close_in_child.append(container._lock_fd)
+    plan.preserve_fds = opts.preserve_fds
+    plan.no_pivot = opts.no_pivot
+    plan.seccomp_bpf = bpf
+    plan.seccomp_flags = sec_flags
+    plan.cgroup_paths = dict(getattr(cgroup, "paths", {}) or {}) if cgroup else {}
+    plan.hook_state = {"ociVersion": container.data["ociVersion"], "id": container.id,
+                       "status": "creating", "bundle": opts.bundle, "annotations": annotations}
+    if (config.get("process") or {}).get("terminal"):
+        if not opts.console_socket:
+            raise FlatstackError("process.terminal: a terminal needs --console-socket "
+                                 "(or use 'run' without --detach)")
+        from flatstack.runtime.console import connect_console_socket
+
+        plan.console_fd = connect_console_socket(opts.console_socket)
+    if subreaper:
+        from flatstack.kernel import proc
+
+        proc.set_child_subreaper()
+    first = os.fork()
+    if first == 0:
+        parent_end.close()
+        stage_one(plan)
+    cleanup.pids.append(first)
+    child_end.close()
+    if plan.console_fd >= 0:
+        os.close(plan.console_fd)
+    try:
+        init_pid = _drive_stage_one(parent_end, plan, first, linux)
+        cleanup.pids = [init_pid]
+        if cgroup is not None:
+            cgroup.add_pid(init_pid)
+        parent_end.send("cgroup")
+        container.data["pid"] = init_pid
+        container.data["pid_start"] = process_start_time(init_pid)
+        container.save()
+        while True:
+            tag, payload = parent_end.recv()
+            if tag == "hooks":
+                from flatstack.runtime.hooks import run_hooks
+
+                state = dict(plan.hook_state, pid=init_pid)
+                run_hooks(config, "prestart", state)
+                run_hooks(config, "createRuntime", state)
+                parent_end.send("hooks-done")
+            elif tag == "created":
+                break
+            elif tag == "error":
+                raise FlatstackError(payload)
+            else:
+                raise FlatstackError(f"internal error: unexpected {tag!r} from container init")
+    finally:
+        parent_end.close()
+        os.close(fifo_fd)
+    container.data.pop("creating", None)
+    container.save()
+    if opts.pid_file:
+        write_pid_file(opts.pid_file, init_pid)
+    cleanup.pids.clear()
+    cleanup.cgroup = None
+
+
+def _drive_stage_one(channel: Channel, plan: LaunchPlan, first: int,
+                     linux: dict[str, Any]) -> int:
+    """Feed stage one its id maps and collect the init's pid."""
+    try:
+        if plan.new_flags & ns.CLONE_NEWUSER:
+            channel.expect("userns")
+            from flatstack.runtime.idmap import write_maps
+
+            write_maps(first, linux.get("uidMappings") or [], linux.get("gidMappings") or [])
+            channel.send("maps")
+        init_pid = channel.expect("pid")
+    except BaseException:
+        try:
+            os.kill(first, 9)
+        except OSError:
+            pass
+        raise
+    finally:
+        try:
+            os.waitpid(first, 0)
+        except ChildProcessError:
+            pass
+    return int(init_pid)
+
+
+def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,
+                 rootless: bool) -> Any:
+    from flatstack.runtime.cgroups import manager_for
+
+    linux = config.get("linux") or {}
+    manager = manager_for(linux.get("cgroupsPath"), container_id, rootless=rootless,
+                          systemd=opts.systemd_cgroup)
+    if manager is None:
+        return None
+    try:
+        manager.create()
+        resources = dict(linux.get("resources") or {})
+        if not rootless:
+            resources["devices"] = default_device_rules(config)
+        manager.apply(resources)
+    except BaseException:
+        manager.destroy()
+        raise
+    return manager
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write the pid atomically, as runc does."""
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)

@@ -1,0 +1,364 @@
+"""The container side of create and exec: the code that runs in forked children.
+
+Stage one (a child of flatrun) joins and unshares namespaces; with a new PID
+namespace it forks stage two, which becomes the container's PID 1, prepares
+the root filesystem, drops privileges, waits on the exec FIFO and execs the
+user's process.  Everything here runs single-threaded, after ``fork``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flatstack.errors import FlatstackError
+from flatstack.kernel import ns
+from flatstack.runtime.sync import Channel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class LaunchPlan:
+    """Everything the forked stages need, computed by the parent before fork."""
+
+    def __init__(self, config: dict[str, Any], *, container_id: str, bundle: str,
+                 rootfs: str, channel: Channel) -> None:
+        self.config = config
+        self.container_id = container_id
+        self.bundle = bundle
+        self.rootfs = rootfs
+        self.channel = channel
+        self.process: dict[str, Any] = config.get("process") or {}
+        self.linux: dict[str, Any] = config.get("linux") or {}
+        self.joins: list[tuple[int, str]] = []
+        self.new_flags = 0
+        for entry in self.linux.get("namespaces") or []:
+            flag = ns.NAMESPACES[entry["type"]][0]
+            if entry.get("path"):
+                self.joins.append((flag, entry["path"]))
+            else:
+                self.new_flags |= flag
+        # The user namespace is joined first so the others are joined with its powers.
+        self.joins.sort(key=lambda item: item[0] != ns.CLONE_NEWUSER)
+        self.in_userns = bool(self.new_flags & ns.CLONE_NEWUSER) or any(
+            flag == ns.CLONE_NEWUSER for flag, _ in self.joins)
+        self.fifo_fd = -1
+        self.console_fd = -1
+        self.preserve_fds = 0
+        self.no_pivot = False
+        self.seccomp_bpf: bytes | None = None
+        self.seccomp_flags = 0
+        self.cgroup_paths: dict[str, str] = {}
+        self.hook_state: dict[str, Any] = {}
+        self.wants_parent_hooks = bool(
+            (config.get("hooks") or {}).get("prestart")
+            or (config.get("hooks") or {}).get("createRuntime"))
+        self.is_exec = False
+        self.close_in_child: list[int] = []
+
+
+def _fail(channel: Channel, err: BaseException) -> None:
+    """Report an error to the parent and exit the child."""
+    if isinstance(err, FlatstackError):
+        message = str(err)
+    elif isinstance(err, OSError):
+        message = f"{err.filename + ': ' if err.filename else ''}{os.strerror(err.errno or 0)}"
+    else:
+        message = f"{type(err).__name__}: {err}"
+    try:
+        channel.send("error", message)
+    except OSError:
+        pass
+    os._exit(1)
+
+
+def stage_one(plan: LaunchPlan) -> None:
+    """First child: namespaces, then fork PID 1 (or become it).  Never returns."""
+    channel = plan.channel
+    try:
+        for fd in plan.close_in_child:
+            os.close(fd)
+        for flag, path in plan.joins:
+            try:
+                ns.join_path(path, flag)
+            except FlatstackError as err:
+                raise FlatstackError(f"linux.namespaces: joining {path}: "
+                                     f"{str(err).rsplit(': ', 1)[-1]}") from None
+        if plan.new_flags & ns.CLONE_NEWUSER:
+            ns.unshare(ns.CLONE_NEWUSER)
+            channel.send("userns")
+            channel.expect("maps")
+        if plan.in_userns:
+            _become_root_if_mapped()
+        from flatstack.kernel import proc
+
+        proc.set_dumpable(False)
+        rest = plan.new_flags & ~(ns.CLONE_NEWUSER | ns.CLONE_NEWCGROUP)
+        if rest:
+            ns.unshare(rest)
+        if plan.new_flags & ns.CLONE_NEWTIME:
+            _write_time_offsets(plan.linux.get("timeOffsets") or {})
+        pid = os.fork()
+        if pid == 0:
+            stage_two(plan)
+        channel.send("pid", pid)
+        os._exit(0)
+    except BaseException as err:
+        _fail(channel, err)
+
+
+def _become_root_if_mapped() -> None:
+    try:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError:
+        pass  # container root is not mapped; keep the overflow ids
+
+
+def _write_time_offsets(offsets: dict[str, Any]) -> None:
+    lines = []
+    for clock in ("monotonic", "boottime"):
+        value = offsets.get(clock)
+        if value:
+            lines.append(f"{clock} {int(value.get('secs', 0))} {int(value.get('nanosecs', 0))}")
+    if lines:
+        with open("/proc/self/timens_offsets", "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+class _CgroupGate:
+    """Stage two waits for the parent's cgroup placement only where it matters."""
+
+    def __init__(self, channel: Channel, unshare_cgroupns: bool) -> None:
+        self.channel = channel
+        self.unshare_cgroupns = unshare_cgroupns
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        self.channel.expect("cgroup")
+        if self.unshare_cgroupns:
+            ns.unshare(ns.CLONE_NEWCGROUP)
+        self.done = True
+
+
+def preload(plan: LaunchPlan) -> None:
+    """Import now everything needed after pivot_root or setns(mnt): from then on
+    flatrun's own files (and the standard library) are out of reach."""
+    import resource  # noqa: F401 - used by process_attrs.apply_rlimits
+
+    from flatstack.kernel import caps, proc  # noqa: F401
+    from flatstack.runtime import process_attrs  # noqa: F401
+
+    config = plan.config
+    process = plan.process
+    if process.get("terminal"):
+        import socket
+
+        from flatstack.runtime import console  # noqa: F401
+    if plan.seccomp_bpf is not None:
+        from flatstack.runtime import seccomp  # noqa: F401
+
+        if (plan.linux.get("seccomp") or {}).get("listenerPath"):
+            import socket
+    if (config.get("hooks") or {}).get("startContainer") or (config.get("hooks") or {}).get(
+            "createContainer"):
+        import subprocess  # noqa: F401
+
+        from flatstack.runtime import hooks  # noqa: F401
+    if config.get("hostname") is not None:
+        import socket  # noqa: F401
+
+
+def stage_two(plan: LaunchPlan) -> None:
+    """The container's init: rootfs, identity, exec FIFO, exec.  Never returns."""
+    channel = plan.channel
+    try:
+        preload(plan)
+        os.setsid()
+        gate = _CgroupGate(channel, bool(plan.new_flags & ns.CLONE_NEWCGROUP))
+        config = plan.config
+        linux = plan.linux
+        process = plan.process
+        if plan.new_flags & ns.CLONE_NEWUTS:
+            _set_names(config)
+        from flatstack.runtime.rootfs import RootfsBuilder
+
+        builder = RootfsBuilder(config, plan.rootfs, plan.bundle, in_userns=plan.in_userns,
+                                cgroup_paths=plan.cgroup_paths, cgroup_hook=gate)
+        builder.prepare()
+        if plan.wants_parent_hooks:
+            channel.send("hooks")
+            channel.expect("hooks-done")
+        if (config.get("hooks") or {}).get("createContainer"):
+            from flatstack.runtime.hooks import run_hooks
+
+            run_hooks(config, "createContainer", dict(plan.hook_state, pid=os.getpid()))
+        builder.pivot(plan.no_pivot)
+        _apply_sysctl(linux.get("sysctl") or {})
+        if process.get("terminal"):
+            from flatstack.runtime.console import setup_console
+
+            setup_console(plan.console_fd, process.get("consoleSize"), mount_console=True)
+        builder.finalize()
+        gate()
+        finish_process(plan)
+    except BaseException as err:
+        _fail(channel, err)
+
+
+def _set_names(config: dict[str, Any]) -> None:
+    hostname = config.get("hostname")
+    if hostname is not None:
+        import socket
+
+        socket.sethostname(hostname)
+    domainname = config.get("domainname")
+    if domainname is not None:
+        from flatstack.kernel.libc import check, libc
+
+        data = domainname.encode()
+        check(libc.setdomainname(data, len(data)), "setdomainname", domainname)
+
+
+def _apply_sysctl(sysctl: dict[str, str]) -> None:
+    for key, value in sysctl.items():
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as err:
+            raise FlatstackError(f"linux.sysctl.{key}: cannot set to {value!r}: "
+                                 f"{os.strerror(err.errno or 0).lower()}") from None
+
+
+def resolve_executable(args: list[str], env: dict[str, str]) -> str:
+    """Find ``args[0]`` like execvp would, so a missing binary fails ``create``."""
+    name = args[0]
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name)
+                      for d in env.get("PATH", DEFAULT_PATH).split(":")]
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+        if "/" in name and os.path.exists(path):
+            raise FlatstackError(f"process.args[0]: {name}: permission denied")
+    raise FlatstackError(f"process.args[0]: exec: {name!r}: executable file not found "
+                         "in $PATH" if "/" not in name else
+                         f"process.args[0]: {name}: no such file or directory")
+
+
+def env_dict(env_list: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in env_list:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def finish_process(plan: LaunchPlan) -> None:
+    """Identity, limits, capabilities, exec FIFO wait, seccomp, execve."""
+    from flatstack.kernel import proc
+    from flatstack.runtime import process_attrs as pa
+
+    channel = plan.channel
+    process = plan.process
+    linux = plan.linux
+    env = env_dict(process.get("env") or [])
+    cwd = process.get("cwd") or "/"
+    pa.apply_rlimits(process.get("rlimits") or [])
+    if process.get("oomScoreAdj") is not None:
+        pa.apply_oom_score_adj(process["oomScoreAdj"])
+    if process.get("ioPriority"):
+        pa.apply_io_priority(process["ioPriority"])
+    if process.get("scheduler"):
+        pa.apply_scheduler(process["scheduler"])
+    if linux.get("personality"):
+        pa.apply_personality(linux["personality"])
+    if process.get("execCPUAffinity"):
+        pa.apply_exec_cpu_affinity(process["execCPUAffinity"])
+    _chdir(cwd, process.get("user") or {}, plan.is_exec)
+    path = resolve_executable(process["args"], env)
+    cap_plan = pa.prepare_capabilities(process.get("capabilities"))
+    nnp = bool(process.get("noNewPrivileges"))
+    if plan.seccomp_bpf is not None and not nnp:
+        _install_seccomp(plan)
+    pa.drop_bounding(cap_plan)
+    pa.apply_user(process.get("user") or {}, keep_caps=True)
+    pa.apply_final_caps(cap_plan)
+    if nnp:
+        proc.set_no_new_privs()
+    channel.send("created" if not plan.is_exec else "started", os.getpid())
+    channel.close()
+    if plan.fifo_fd >= 0:
+        _wait_exec_fifo(plan.fifo_fd)
+        if (plan.config.get("hooks") or {}).get("startContainer"):
+            from flatstack.runtime.hooks import run_hooks
+
+            run_hooks(plan.config, "startContainer",
+                      dict(plan.hook_state, pid=os.getpid(), status="created"))
+    if plan.seccomp_bpf is not None and nnp:
+        _install_seccomp(plan)
+    _seal_fds(plan.preserve_fds)
+    try:
+        os.execve(path, process["args"], env)
+    except OSError as err:
+        os.write(2, f"flatrun: exec {path}: {os.strerror(err.errno or 0).lower()}\n".encode())
+        os._exit(127 if err.errno == 2 else 126)
+
+
+def _chdir(cwd: str, user: dict[str, Any], is_exec: bool) -> None:
+    try:
+        os.chdir(cwd)
+    except FileNotFoundError:
+        os.makedirs(cwd, 0o755, exist_ok=True)
+        os.chdir(cwd)
+    except OSError as err:
+        raise FlatstackError(f"process.cwd: {cwd}: {os.strerror(err.errno or 0).lower()}"
+                             ) from None
+    # CVE-2024-21626: a leaked host directory fd as cwd shows as "(unreachable)".
+    here = os.getcwd()
+    if not here.startswith("/"):
+        raise FlatstackError(f"process.cwd: {cwd} resolves outside the container")
+
+
+def _install_seccomp(plan: LaunchPlan) -> None:
+    from flatstack.runtime import seccomp
+
+    assert plan.seccomp_bpf is not None
+    listener = seccomp.install_filter(plan.seccomp_bpf, plan.seccomp_flags)
+    if listener:
+        sec = plan.linux.get("seccomp") or {}
+        from flatstack import _fastjson
+
+        state = dict(plan.hook_state, pid=os.getpid())
+        seccomp.send_listener(listener, sec["listenerPath"], _fastjson.dumps(state).encode(),
+                              sec.get("listenerMetadata", ""))
+        os.close(listener)
+
+
+def _wait_exec_fifo(fifo_fd: int) -> None:
+    """Block until ``flatrun start`` opens the FIFO, then tell it we go."""
+    fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(fifo_fd)
+
+
+def _seal_fds(preserve: int) -> None:
+    """Only stdio and the preserved fds reach the container process."""
+    from flatstack.kernel import proc
+
+    keep = set(range(3 + preserve))
+    for fd in range(3, 3 + preserve):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+    proc.close_fds_from(3 + preserve, keep)

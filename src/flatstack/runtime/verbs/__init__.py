@@ -1,0 +1,1 @@
+"""One module per flatrun command, imported only when that command runs."""

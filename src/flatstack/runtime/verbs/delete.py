@@ -1,0 +1,67 @@
+"""``flatrun delete``: remove a stopped (or, with --force, any) container."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flatstack.errors import FlatstackError, InvalidState
+from flatstack.runtime.state import Container, process_start_time
+
+
+def delete(root: str, container_id: str, *, force: bool = False) -> None:
+    """Kill what is left, remove the cgroup, run poststop hooks, drop the state."""
+    container = Container.load(root, container_id)
+    container.lock()
+    try:
+        status = container.status()
+        if status in ("running", "paused") and not force:
+            raise InvalidState(f"cannot delete container {container_id} that is not stopped: "
+                               f"{status}")
+        cgroup = None
+        if container.data.get("cgroup"):
+            from flatstack.runtime.cgroups import manager_from_state
+
+            cgroup = manager_from_state(container.data["cgroup"])
+        if container.init_alive():
+            if status == "paused" and cgroup is not None:
+                cgroup.thaw()
+            kill_and_wait(container.pid, container.data.get("pid_start"))
+        if cgroup is not None:
+            try:
+                cgroup.destroy()
+            except FlatstackError as err:
+                if not force:
+                    raise
+                os.write(2, f"flatrun: warning: {err}\n".encode())
+        hooks = (container.data.get("hooks") or {}).get("poststop")
+        if hooks:
+            from flatstack.runtime.hooks import run_hooks
+
+            state = container.oci_state()
+            state["status"] = "stopped"
+            for failure in run_hooks({"hooks": {"poststop": hooks}}, "poststop", state,
+                                     strict=False):
+                os.write(2, f"flatrun: warning: {failure}\n".encode())
+        container.remove_dir()
+    finally:
+        container.unlock()
+
+
+def kill_and_wait(pid: int, start_time: int | None, timeout: float = 5.0) -> None:
+    """SIGKILL ``pid`` and wait until it is gone (it is not our child)."""
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if process_start_time(pid) != start_time:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

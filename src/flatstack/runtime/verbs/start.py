@@ -1,0 +1,45 @@
+"""``flatrun start``: release a created container's process."""
+
+from __future__ import annotations
+
+import os
+import select
+
+from flatstack.errors import FlatstackError, InvalidState
+from flatstack.runtime.state import Container
+
+
+def start(root: str, container_id: str) -> None:
+    """Open the exec FIFO so the waiting init execs the user's process."""
+    container = Container.load(root, container_id)
+    container.lock()
+    try:
+        status = container.status()
+        if status != "created":
+            if status == "stopped":
+                raise InvalidState(f"cannot start a container that has stopped: {container_id}")
+            raise InvalidState(f"cannot start an already {status} container: {container_id}")
+        fd = os.open(container.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while True:
+                if poller.poll(100):
+                    data = os.read(fd, 1)
+                    if data:
+                        break
+                if not container.init_alive():
+                    raise FlatstackError(f"container {container_id} exited before it was started")
+        finally:
+            os.close(fd)
+        os.unlink(container.fifo_path)
+        hooks = (container.data.get("hooks") or {}).get("poststart")
+        if hooks:
+            from flatstack.runtime.hooks import run_hooks
+
+            state = container.oci_state()
+            for failure in run_hooks({"hooks": {"poststart": hooks}}, "poststart", state,
+                                     strict=False):
+                os.write(2, f"flatrun: warning: {failure}\n".encode())
+    finally:
+        container.unlock()

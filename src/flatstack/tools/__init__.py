@@ -1,0 +1,1 @@
+"""Helpers for building test and demo material with real tools."""

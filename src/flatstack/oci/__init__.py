@@ -1,1 +1,5 @@
-"""runtime-spec documents: validation, the default spec, the features document."""
+"""runtime-spec documents: config validation, the default spec, the features document.
+
+Import the submodules directly (``flatstack.oci.config`` is on the runtime's hot
+path; this package imports nothing).
+"""

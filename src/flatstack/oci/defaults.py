@@ -1,4 +1,9 @@
-"""The default config.json that ``flatrun spec`` writes: hardened by default."""
+"""The config.json that ``flatrun spec`` writes: runc's example, hardened.
+
+Compared with ``runc spec``: Docker's 14 default capabilities instead of 3
+(none inheritable or ambient), flatstack's seccomp allowlist, a cgroup
+namespace, a pids limit, and podman's longer list of masked paths.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +14,29 @@ if TYPE_CHECKING:
     from typing import Any
 
 #: Docker's default capability set (14): nothing beyond it.
-DEFAULT_CAPABILITIES = [
+DEFAULT_CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-]
-
-MASKED_PATHS = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/proc/interrupts", "/sys/firmware", "/sys/devices/virtual/powercap",
-]
-READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-
+)
+#: runc's list plus /proc/interrupts and /sys/devices/virtual/powercap (as podman and Docker).
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+#: The host ids a ``userns=True`` spec maps container ids 0-65535 onto.
 USERNS_HOST_ID = 100000
 USERNS_SIZE = 65536
+PIDS_LIMIT = 4096
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _mounts(rootless: bool) -> list[dict[str, Any]]:
     devpts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
     if not rootless:
-        devpts.append("gid=5")
+        devpts.append("gid=5")  # tty; not mapped in a single-id rootless user namespace
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
@@ -42,6 +49,8 @@ def _mounts(rootless: bool) -> list[dict[str, Any]]:
          "options": ["nosuid", "noexec", "nodev"]},
     ]
     if rootless:
+        # sysfs and cgroupfs cannot be mounted without a network namespace the
+        # user namespace owns; bind the host's /sys (with /sys/fs/cgroup) read-only.
         mounts.append({"destination": "/sys", "type": "none", "source": "/sys",
                        "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})
     else:
@@ -52,52 +61,59 @@ def _mounts(rootless: bool) -> list[dict[str, Any]]:
     return mounts
 
 
-def default_spec(*, rootless: bool = False, args: list[str] | None = None,
-                 userns: bool = False, seccomp: bool = True) -> dict[str, Any]:
-    """A runtime-spec config: Docker's 14 capabilities, no_new_privs, seccomp
-    allowlist, masked and read-only /proc paths, pids limit, cgroup namespace.
+def _mapping(host_id: int, size: int) -> list[dict[str, int]]:
+    return [{"containerID": 0, "hostID": host_id, "size": size}]
 
-    ``userns`` adds a user namespace mapping container ids 0-65535 to host ids
-    100000-165535; ``rootless`` maps container root to the calling user, as
-    ``runc spec --rootless`` does.
+
+def default_spec(*, rootless: bool = False, args: list[str] | None = None,
+                 userns: bool = False) -> dict[str, Any]:
+    """A runtime-spec 1.2 config for ``flatrun spec``, hardened by default.
+
+    Docker's 14 capabilities (bounding, effective, permitted), no_new_privs,
+    the default seccomp allowlist, masked and read-only /proc paths, a pids
+    limit of 4096 and a deny-all device rule (the runtime always allows the
+    standard /dev nodes), pid/network/ipc/uts/mount/cgroup namespaces.
+
+    ``rootless`` follows ``runc spec --rootless``: a user namespace mapping
+    container root to the caller's effective uid/gid (size 1), no network
+    namespace, /sys bound from the host instead of sysfs + cgroupfs, no
+    ``gid=`` on devpts, no ``linux.resources``.  ``userns`` (ignored when
+    rootless) adds a user namespace mapping container ids 0-65535 to host ids
+    100000-165535.
     """
+    from flatstack.oci.seccomp_profile import default_profile
+
     caps = list(DEFAULT_CAPABILITIES)
-    namespaces = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
+    kinds = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
+    if rootless:
+        kinds.remove("network")
     linux: dict[str, Any] = {
-        "resources": {"devices": [{"allow": False, "access": "rwm"}],
-                      "pids": {"limit": 4096}},
-        "namespaces": namespaces,
+        "namespaces": [{"type": kind} for kind in kinds],
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
+        "seccomp": default_profile(),
     }
-    if userns or rootless:
-        namespaces.append({"type": "user"})
-        if rootless:
-            uid, gid = os.geteuid(), os.getegid()
-            linux["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": 1}]
-            linux["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": 1}]
-        else:
-            linux["uidMappings"] = [{"containerID": 0, "hostID": USERNS_HOST_ID,
-                                     "size": USERNS_SIZE}]
-            linux["gidMappings"] = [{"containerID": 0, "hostID": USERNS_HOST_ID,
-                                     "size": USERNS_SIZE}]
     if rootless:
-        del linux["resources"]
-    if seccomp:
-        from flatstack.oci.seccomp_profile import default_profile
-
-        linux["seccomp"] = default_profile()
+        linux["namespaces"].append({"type": "user"})
+        linux["uidMappings"] = _mapping(os.geteuid(), 1)
+        linux["gidMappings"] = _mapping(os.getegid(), 1)
+    else:
+        linux["resources"] = {"devices": [{"allow": False, "access": "rwm"}],
+                              "pids": {"limit": PIDS_LIMIT}}
+        if userns:
+            linux["namespaces"].append({"type": "user"})
+            linux["uidMappings"] = _mapping(USERNS_HOST_ID, USERNS_SIZE)
+            linux["gidMappings"] = _mapping(USERNS_HOST_ID, USERNS_SIZE)
     return {
         "ociVersion": "1.2.0",
         "process": {
             "terminal": True,
             "user": {"uid": 0, "gid": 0},
             "args": list(args) if args else ["sh"],
-            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    "TERM=xterm"],
+            "env": [DEFAULT_PATH, "TERM=xterm"],
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": list(caps),
-                             "permitted": list(caps)},
+                             "permitted": list(caps), "inheritable": [], "ambient": []},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": True,
         },

@@ -1,50 +1,63 @@
-"""The runtime-spec features document (``flatrun features``)."""
+"""The runtime-spec features document that ``flatrun features`` prints.
+
+Shape: runtime-spec 1.2 ``features.md`` and ``features-linux.md``.  The
+document describes what this build of flatrun implements, not what the host
+offers, so nothing here probes the machine.
+"""
 
 from __future__ import annotations
-
-import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+OCI_VERSION_MIN = "1.0.0"
+OCI_VERSION_MAX = "1.2.0"
+#: Set to True once rootfs applies mount uidMappings/gidMappings (idmap, ridmap).
+IDMAP_MOUNTS = False
+
 
 def features() -> dict[str, Any]:
-    """What this flatrun build supports, in the runtime-spec features.md shape."""
+    """The features document as a dict (JSON-serialisable)."""
     from flatstack import __version__
-    from flatstack.kernel.caps import CAPABILITIES
-    from flatstack.oci.config import HOOK_KINDS, MOUNT_FLAGS, NAMESPACE_TYPES, PROPAGATION_FLAGS
-    from flatstack.runtime.seccomp import ACTIONS, ARCHES, FLAGS, OPERATORS
+    from flatstack.oci.config import (
+        CAPABILITIES,
+        HOOK_KINDS,
+        MOUNT_FLAGS,
+        NAMESPACE_TYPES,
+        PROPAGATION_FLAGS,
+        RECURSIVE_ATTRS,
+    )
+    from flatstack.runtime import seccomp
 
-    mount_options = sorted(set(MOUNT_FLAGS) | set(PROPAGATION_FLAGS) | {"tmpcopyup"})
+    options = set(MOUNT_FLAGS) | set(PROPAGATION_FLAGS) | set(RECURSIVE_ATTRS)
+    if not IDMAP_MOUNTS:
+        options -= {"idmap", "ridmap"}
+    # NEW_LISTENER is implied by SCMP_ACT_NOTIFY, never named in linux.seccomp.flags.
+    flags = sorted(f for f in seccomp.FLAGS if f != "SECCOMP_FILTER_FLAG_NEW_LISTENER")
     return {
-        "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.2.0",
+        "ociVersionMin": OCI_VERSION_MIN,
+        "ociVersionMax": OCI_VERSION_MAX,
         "hooks": list(HOOK_KINDS),
-        "mountOptions": mount_options,
+        "mountOptions": sorted(options),
         "linux": {
-            "namespaces": list(NAMESPACE_TYPES),
+            "namespaces": sorted(NAMESPACE_TYPES),
             "capabilities": sorted(CAPABILITIES, key=CAPABILITIES.__getitem__),
             "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False,
                        "rdma": False},
             "seccomp": {
-                "enabled": os.path.exists("/proc/self/status"),
-                "actions": sorted(ACTIONS),
-                "operators": sorted(OPERATORS),
-                "archs": sorted(ARCHES),
-                "knownFlags": sorted(FLAGS),
-                "supportedFlags": sorted(f for f in FLAGS
-                                         if f != "SECCOMP_FILTER_FLAG_NEW_LISTENER"),
+                "enabled": True,
+                "actions": sorted(seccomp.ACTIONS),
+                "operators": sorted(seccomp.OPERATORS),
+                "archs": sorted(seccomp.ARCHES),
+                "knownFlags": flags,
+                "supportedFlags": list(flags),
             },
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
             "intelRdt": {"enabled": False},
-            "mountExtensions": {"idmap": {"enabled": False}},
+            "mountExtensions": {"idmap": {"enabled": IDMAP_MOUNTS}},
         },
-        "annotations": {
-            "org.flatstack.runtime.version": __version__,
-            "org.flatstack.cgroup.driver": "cgroupfs (--systemd-cgroup is accepted and "
-                                           "mapped onto cgroupfs paths)",
-        },
+        "annotations": {"org.flatstack.runtime.version": __version__},
         "potentiallyUnsafeConfigAnnotations": [],
     }

@@ -1,234 +1,336 @@
-"""cgroup v2 (the unified hierarchy)."""
+"""cgroup v2: one directory in the unified hierarchy."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 from flatstack.errors import CgroupError
+from flatstack.runtime.cgroups import _devices, _fs
 from flatstack.runtime.cgroups.base import (
+    THROTTLE_KEYS,
     CgroupManager,
-    mkdir_p,
-    parse_memory_stat,
-    read_file,
-    read_int,
-    read_pids,
-    remove_tree,
-    wait_until,
-    write_file,
+    R,
+    blkio_weight_to_io,
+    check_resources,
+    section,
+    shares_to_weight,
+    swap_to_v2,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-R = "linux.resources"
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def shares_to_weight(shares: int) -> int:
-    """cpu.shares (2..262144) to cpu.weight (1..10000), as runc converts."""
-    if shares == 0:
-        return 0
-    return 1 + ((shares - 2) * 9999) // 262142
-
-
-def blkio_weight_to_io(weight: int) -> int:
-    """blkio.weight (10..1000) to io.weight (1..10000)."""
-    return 1 + (weight - 10) * 9999 // 990
+def _max(value: int) -> str | int:
+    return "max" if value == -1 else value
 
 
 class V2Manager(CgroupManager):
-    """A single directory in the unified hierarchy."""
+    """A container's cgroup in a cgroup2 hierarchy mounted at ``root``."""
 
-    def __init__(self, root: str, path: str, created: list[str] | None = None) -> None:
-        self.root = root
+    kind = "v2"
+
+    def __init__(self, root: str, path: str, *, directory: str | None = None,
+                 created: list[str] | None = None, rootless: bool = False) -> None:
+        self.root = root.rstrip("/") or "/"
         self.path = path
-        self.dir = os.path.join(root, path.lstrip("/"))
+        self.dir = directory or os.path.normpath(f"{self.root}/{path.lstrip('/')}")
         self.paths = {"": self.dir}
-        self.created = created or []
+        self.created = created if created is not None else []
+        self.rootless = rootless
 
-    def writable(self) -> bool:
-        probe = self.dir
-        while not os.path.isdir(probe):
-            probe = os.path.dirname(probe)
-        return os.access(probe, os.W_OK)
+    @classmethod
+    def discover(cls, root: str, cgroups_path: str, *, rootless: bool = False,
+                 own: dict[str, str] | None = None) -> V2Manager:
+        """Relative paths are placed under this process's own cgroup, as runc does."""
+        directory = None
+        if not cgroups_path.startswith("/"):
+            own = _fs.own_cgroups() if own is None else own
+            base = own.get("", "/")
+            directory = os.path.normpath(f"{root}/{base.lstrip('/')}/{cgroups_path}")
+        return cls(root, cgroups_path, directory=directory, rootless=rootless)
 
+    # -- lifecycle -----------------------------------------------------------
     def create(self) -> None:
-        mkdir_p(self.dir, self.created)
+        if os.path.isdir(self.dir):
+            try:
+                self._check_leaf_empty(self.dir)
+            except CgroupError:
+                self.paths = {}
+                raise
+        try:
+            _fs.mkdir_p(self.dir, self.created)
+        except _fs.MkdirError as err:
+            if self.rootless and err.errno in _DENIED:
+                self.paths = {}
+                return
+            raise
         self._enable_controllers()
 
     def _enable_controllers(self) -> None:
-        """Enable every available controller from the root down to our parent."""
-        available = read_file(self.root, "cgroup.controllers").split()
-        rel = self.dir[len(self.root):].strip("/").split("/")
+        """Enable, from the root down to our parent, every controller the level has
+        (as runc does); a level that refuses one (processes in it, threaded) just
+        leaves that controller out, and writing its files later names it."""
+        rel = self.dir[len(self.root):].strip("/")
+        if not rel:
+            return
         current = self.root
-        for part in rel:
-            enabled = set(read_file(current, "cgroup.subtree_control").split())
+        for part in rel.split("/"):
+            available = (_fs.read(current, "cgroup.controllers") or "").split()
+            enabled = set((_fs.read(current, "cgroup.subtree_control") or "").split())
             wanted = [c for c in available if c not in enabled]
             if wanted:
                 try:
-                    write_file(current, "cgroup.subtree_control",
-                               " ".join(f"+{c}" for c in wanted), "linux.cgroupsPath")
+                    _fs.write(current, "cgroup.subtree_control",
+                              " ".join(f"+{c}" for c in wanted), "linux.cgroupsPath")
                 except CgroupError:
-                    for c in wanted:  # one at a time: some may be refused (threaded, busy)
+                    for c in wanted:
                         try:
-                            write_file(current, "cgroup.subtree_control", f"+{c}",
-                                       "linux.cgroupsPath")
+                            _fs.write(current, "cgroup.subtree_control", f"+{c}",
+                                      "linux.cgroupsPath")
                         except CgroupError:
                             pass
-            available = read_file(current, "cgroup.subtree_control").split()
-            current = os.path.join(current, part)
+            current = f"{current}/{part}"
 
     def add_pid(self, pid: int) -> None:
-        write_file(self.dir, "cgroup.procs", pid, "cgroup")
+        if not self.paths:
+            return
+        try:
+            fd = os.open(f"{self.dir}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
+        except OSError as err:
+            if self.rootless and err.errno in _DENIED:
+                return
+            raise CgroupError(f"cannot move process {pid} into {self.dir}: "
+                              f"{_fs.why(err)}") from None
 
     def pids(self) -> list[int]:
-        result = []
-        for dirpath, _dirs, _files in os.walk(self.dir):
-            result.extend(read_pids(dirpath))
-        return result
+        return _fs.procs(self.dir) if self.paths else []
 
-    def exists(self) -> bool:
-        return os.path.isdir(self.dir)
+    def clone_fd(self) -> int | None:
+        if not self.paths:
+            return None
+        return os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def freeze(self) -> None:
-        write_file(self.dir, "cgroup.freeze", 1, "pause")
-        if not wait_until(self.is_frozen, 5):
-            write_file(self.dir, "cgroup.freeze", 0, "pause")
+        if not _fs.exists(self.dir, "cgroup.freeze"):
+            raise CgroupError(f"pause: {self.dir} has no cgroup.freeze (kernel too old?)")
+        _fs.write(self.dir, "cgroup.freeze", 1, "pause")
+        if not _fs.wait_until(self.is_frozen, 5.0):
+            _fs.write(self.dir, "cgroup.freeze", 0, "pause")
             raise CgroupError(f"pause: {self.dir} did not freeze in time")
 
     def thaw(self) -> None:
-        write_file(self.dir, "cgroup.freeze", 0, "resume")
-        wait_until(lambda: not self.is_frozen(), 5)
+        _fs.write(self.dir, "cgroup.freeze", 0, "resume")
+        if not _fs.wait_until(lambda: not self.is_frozen(), 5.0):
+            raise CgroupError(f"resume: {self.dir} did not thaw in time")
 
     def is_frozen(self) -> bool:
-        for line in read_file(self.dir, "cgroup.events").splitlines():
-            if line.startswith("frozen "):
-                return line.split()[1] == "1"
-        return False
+        return _fs.read_keyed(self.dir, "cgroup.events").get("frozen") == 1
+
+    def _populated(self) -> bool:
+        return _fs.read_keyed(self.dir, "cgroup.events").get("populated") == 1
 
     def kill_all(self, signal: int) -> None:
-        if signal == 9 and os.path.exists(os.path.join(self.dir, "cgroup.kill")):
-            write_file(self.dir, "cgroup.kill", 1, "kill")
+        if signal == 9 and _fs.exists(self.dir, "cgroup.kill"):
+            _fs.write(self.dir, "cgroup.kill", 1, "kill")
             return
-        self.freeze()
-        try:
-            for pid in self.pids():
-                try:
-                    os.kill(pid, signal)
-                except ProcessLookupError:
-                    pass
-        finally:
-            self.thaw()
+        super().kill_all(signal)
 
-    def destroy(self) -> None:
-        if self.exists() and self.pids():
+    def _kill_pids_fast(self) -> None:
+        if _fs.exists(self.dir, "cgroup.kill"):
             try:
-                self.kill_all(9)
+                _fs.write(self.dir, "cgroup.kill", 1, "kill")
+                return
             except CgroupError:
                 pass
-        remove_tree({self.dir}, self.created)
+        super()._kill_pids_fast()
 
-    def update(self, resources: dict[str, Any]) -> None:
-        self.apply(resources)
+    # -- resources -----------------------------------------------------------
+    def _write(self, name: str, value: str | int, field: str) -> None:
+        try:
+            _fs.write(self.dir, name, value, field)
+        except _fs.WriteError as err:
+            if err.errno != errno.ENOENT:
+                raise
+            controller = name.split(".", 1)[0]
+            raise CgroupError(
+                f"{field}: the {controller} controller is not enabled for {self.dir} "
+                "(not available, or bound to cgroup v1)") from None
 
-    def apply(self, resources: dict[str, Any]) -> None:
+    def apply(self, resources: dict[str, Any], *, update: bool = False) -> None:
+        check_resources(resources)
         if not resources:
             return
-        d = self.dir
-        mem = resources.get("memory") or {}
-        limit, swap = mem.get("limit"), mem.get("swap")
-        if limit is not None and limit != 0:
-            write_file(d, "memory.max", "max" if limit == -1 else limit, f"{R}.memory.limit")
-        if swap is not None and swap != 0:
-            if swap == -1:
-                value: Any = "max"
-            elif limit is not None and limit > 0:
-                if swap < limit:
-                    raise CgroupError(f"{R}.memory.swap: must be at least the memory limit")
-                value = swap - limit
-            else:
-                value = swap
-            write_file(d, "memory.swap.max", value, f"{R}.memory.swap")
-        if mem.get("reservation") is not None:
-            write_file(d, "memory.low", mem["reservation"], f"{R}.memory.reservation")
-        if mem.get("disableOOMKiller"):
-            raise CgroupError(f"{R}.memory.disableOOMKiller: not available on cgroup v2")
-        cpu = resources.get("cpu") or {}
-        if cpu.get("shares"):
-            write_file(d, "cpu.weight", shares_to_weight(cpu["shares"]), f"{R}.cpu.shares")
-        if cpu.get("quota") is not None or cpu.get("period"):
-            quota = cpu.get("quota")
-            period = cpu.get("period") or 100000
-            text = "max" if quota is None or quota <= 0 else str(quota)
-            write_file(d, "cpu.max", f"{text} {period}", f"{R}.cpu.quota")
-        if cpu.get("burst") is not None:
-            write_file(d, "cpu.max.burst", cpu["burst"], f"{R}.cpu.burst")
-        if cpu.get("idle") is not None:
-            write_file(d, "cpu.idle", cpu["idle"], f"{R}.cpu.idle")
-        if cpu.get("realtimeRuntime") or cpu.get("realtimePeriod"):
-            raise CgroupError(f"{R}.cpu.realtimeRuntime: realtime scheduling limits are not "
-                              "available on cgroup v2")
+        if not self.paths:
+            raise CgroupError(f"{R}: cannot set limits: the cgroup was not created "
+                              "(cgroups not delegated to this user)")
+        rules = resources.get("devices")
+        if rules and not update:  # set at create only, as by runc
+            _devices.check_v2(_devices.parse(rules))
+        cpu = section(resources, "cpu")
         for key in ("cpus", "mems"):
             if cpu.get(key):
-                write_file(d, f"cpuset.{key}", cpu[key], f"{R}.cpu.{key}")
-        pids = resources.get("pids") or {}
-        if pids.get("limit") is not None:
-            limit = pids["limit"]
-            write_file(d, "pids.max", "max" if limit <= 0 else limit, f"{R}.pids.limit")
-        blk = resources.get("blockIO") or {}
-        if blk.get("weight"):
-            write_file(d, "io.weight", f"default {blkio_weight_to_io(blk['weight'])}",
-                       f"{R}.blockIO.weight")
-        for key, name in (("throttleReadBpsDevice", "rbps"), ("throttleWriteBpsDevice", "wbps"),
-                          ("throttleReadIOPSDevice", "riops"),
-                          ("throttleWriteIOPSDevice", "wiops")):
-            for i, dev in enumerate(blk.get(key) or []):
-                write_file(d, "io.max", f"{dev['major']}:{dev['minor']} {name}={dev['rate']}",
-                           f"{R}.blockIO.{key}[{i}]")
-        for i, item in enumerate(resources.get("hugepageLimits") or []):
-            write_file(d, f"hugetlb.{item['pageSize']}.max", item["limit"],
-                       f"{R}.hugepageLimits[{i}]")
-        if (resources.get("network") or {}).get("classID") is not None:
-            raise CgroupError(f"{R}.network.classID: net_cls is not available on cgroup v2")
-        # linux.resources.devices: enforcing device rules on v2 needs an eBPF program
-        # (BPF_CGROUP_DEVICE), not implemented yet; the container's /dev holds only the
-        # default nodes.  See docs/architecture.md.
-        for key, value in (resources.get("unified") or {}).items():
-            if "/" in key or key.startswith("."):
-                raise CgroupError(f"{R}.unified.{key}: invalid file name")
-            write_file(d, key, value, f"{R}.unified.{key}")
+                self._write(f"cpuset.{key}", cpu[key], f"{R}.cpu.{key}")
+        self._memory(section(resources, "memory"), update)
+        self._cpu(cpu)
+        limit = section(resources, "pids").get("limit")
+        if limit:
+            self._write("pids.max", limit if limit > 0 else "max", f"{R}.pids.limit")
+        self._io(section(resources, "blockIO"))
+        for i, item in enumerate(section(resources, "hugepageLimits", list)):
+            size, value = item["pageSize"], _max(item["limit"])
+            self._write(f"hugetlb.{size}.max", value, f"{R}.hugepageLimits[{i}]")
+            if _fs.exists(self.dir, f"hugetlb.{size}.rsvd.max"):
+                self._write(f"hugetlb.{size}.rsvd.max", value, f"{R}.hugepageLimits[{i}]")
+        net = section(resources, "network")
+        if net.get("classID") is not None or net.get("priorities"):
+            raise CgroupError(f"{R}.network: net_cls and net_prio do not exist on cgroup v2 "
+                              "(use eBPF or nftables socket cgroup matching instead)")
+        for key, value in section(resources, "unified").items():
+            self._write(key, value, f"{R}.unified.{key}")
 
+    def _memory(self, mem: dict[str, Any], update: bool) -> None:
+        f = f"{R}.memory"
+        limit, swap = mem.get("limit") or 0, mem.get("swap") or 0
+        if limit or swap:
+            if limit > 0 and mem.get("checkBeforeUpdate") and update:
+                usage = _fs.read_int(self.dir, "memory.current")
+                if usage > limit:
+                    raise CgroupError(f"{f}.limit: {limit} is below the current usage "
+                                      f"({usage} bytes)")
+            v2_swap = swap_to_v2(swap, limit)  # swap == limit gives 0: no swap at all
+            if v2_swap is not None:
+                try:
+                    _fs.write(self.dir, "memory.swap.max", _max(v2_swap), f"{f}.swap")
+                except _fs.WriteError as err:
+                    # No swap controller here: "max" and "none" are already true.
+                    if not (err.errno == errno.ENOENT and v2_swap in (-1, 0)):
+                        raise
+            if limit:
+                self._write("memory.max", _max(limit), f"{f}.limit")
+        if mem.get("reservation"):
+            self._write("memory.low", _max(mem["reservation"]), f"{f}.reservation")
+        # kernel, kernelTCP, swappiness, disableOOMKiller and useHierarchy have no v2
+        # file; runc ignores them on v2 and so does flatrun.
+
+    def _cpu(self, cpu: dict[str, Any]) -> None:
+        f = f"{R}.cpu"
+        if cpu.get("realtimeRuntime") or cpu.get("realtimePeriod"):
+            raise CgroupError(f"{f}.realtimeRuntime: realtime budgets do not exist on "
+                              "cgroup v2")
+        idle = cpu.get("idle")
+        if idle is not None:
+            self._write("cpu.idle", idle, f"{f}.idle")
+        if cpu.get("shares") and not idle:
+            self._write("cpu.weight", shares_to_weight(cpu["shares"]), f"{f}.shares")
+        quota, period = cpu.get("quota") or 0, cpu.get("period") or 0
+        if quota or period:
+            text = str(quota) if quota > 0 else "max"
+            if period:
+                text += f" {period}"
+            self._write("cpu.max", text, f"{f}.quota")
+        if cpu.get("burst") is not None:
+            self._write("cpu.max.burst", cpu["burst"], f"{f}.burst")
+
+    def _io(self, blk: dict[str, Any]) -> None:
+        f = f"{R}.blockIO"
+        bfq = _fs.exists(self.dir, "io.bfq.weight")
+        if blk.get("weight"):
+            if bfq:
+                self._write("io.bfq.weight", blk["weight"], f"{f}.weight")
+            else:
+                self._write("io.weight", blkio_weight_to_io(blk["weight"]), f"{f}.weight")
+        if blk.get("leafWeight"):
+            raise CgroupError(f"{f}.leafWeight: does not exist on cgroup v2")
+        for i, dev in enumerate(blk.get("weightDevice") or []):
+            if dev.get("weight"):
+                if not bfq:
+                    raise CgroupError(f"{f}.weightDevice[{i}]: per-device weights need "
+                                      "the BFQ I/O scheduler on cgroup v2")
+                self._write("io.bfq.weight", f"{dev['major']}:{dev['minor']} "
+                            f"{dev['weight']}", f"{f}.weightDevice[{i}]")
+        for key, name in zip(THROTTLE_KEYS, ("rbps", "wbps", "riops", "wiops"), strict=True):
+            for i, dev in enumerate(blk.get(key) or []):
+                rate = dev["rate"] or "max"  # 0 removes the limit, as on v1
+                self._write("io.max", f"{dev['major']}:{dev['minor']} {name}={rate}",
+                            f"{f}.{key}[{i}]")
+
+    # -- statistics ----------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        from flatstack.runtime.cgroups import _stats
+
+        result = _stats.empty()
         d = self.dir
-        cpu = dict(line.split() for line in read_file(d, "cpu.stat").splitlines()
-                   if len(line.split()) == 2)
-        raw = parse_memory_stat(read_file(d, "memory.stat"))
-        return {
-            "cpu": {"usage": {"total": int(cpu.get("usage_usec", 0)) * 1000, "percpu": [],
-                              "kernel": int(cpu.get("system_usec", 0)) * 1000,
-                              "user": int(cpu.get("user_usec", 0)) * 1000},
-                    "throttling": {"periods": int(cpu.get("nr_periods", 0)),
-                                   "throttledPeriods": int(cpu.get("nr_throttled", 0)),
-                                   "throttledTime": int(cpu.get("throttled_usec", 0)) * 1000}},
-            "memory": {"usage": {"usage": read_int(d, "memory.current"),
-                                 "limit": read_int(d, "memory.max"),
-                                 "max": read_int(d, "memory.peak"), "failcnt": 0},
-                       "swap": {"usage": read_int(d, "memory.swap.current"),
-                                "limit": read_int(d, "memory.swap.max")},
-                       "cache": raw.get("file", 0), "raw": raw},
-            "pids": {"current": read_int(d, "pids.current"), "limit": read_int(d, "pids.max")},
-        }
+        if not os.path.isdir(d):
+            return result
+        cpu = _fs.read_keyed(d, "cpu.stat")
+        result["cpu"] = {
+            "usage": _stats.cpu_usage(cpu.get("usage_usec", 0) * 1000, [],
+                                      cpu.get("system_usec", 0) * 1000,
+                                      cpu.get("user_usec", 0) * 1000),
+            "throttling": _stats.throttling(cpu.get("nr_periods", 0),
+                                            cpu.get("nr_throttled", 0),
+                                            cpu.get("throttled_usec", 0) * 1000)}
+        if (pressure := _stats.psi(d, "cpu.pressure")) is not None:
+            result["cpu"]["psi"] = pressure
+        if _fs.exists(d, "cpuset.cpus.effective"):
+            result["cpuset"] = _stats.cpuset_entry(
+                {"cpus": _fs.read(d, "cpuset.cpus.effective") or "",
+                 "mems": _fs.read(d, "cpuset.mems.effective") or ""})
+        if _fs.exists(d, "memory.current"):
+            raw = _fs.read_keyed(d, "memory.stat")
+            events = _fs.read_keyed(d, "memory.events")
+            usage = _stats.memory_entry(
+                _fs.read_int(d, "memory.max", _stats.MAX_UINT64),
+                _fs.read_int(d, "memory.current"), _fs.read_int(d, "memory.peak"),
+                events.get("max", 0))
+            swap_limit = _fs.read_int(d, "memory.swap.max", _stats.MAX_UINT64)
+            if swap_limit != _stats.MAX_UINT64 and usage["limit"] != _stats.MAX_UINT64:
+                swap_limit += usage["limit"]  # v1's memory+swap, as runc reports it
+            swap = _stats.memory_entry(
+                swap_limit, _fs.read_int(d, "memory.swap.current") + usage.get("usage", 0),
+                0, 0)
+            result["memory"] = _stats.omit({
+                "cache": raw.get("file", 0), "usage": usage, "swap": swap,
+                "kernel": _stats.memory_entry(), "kernelTCP": _stats.memory_entry(),
+                "raw": raw}, "cache", "raw")
+            if (pressure := _stats.psi(d, "memory.pressure")) is not None:
+                result["memory"]["psi"] = pressure
+        if _fs.exists(d, "pids.current"):
+            result["pids"] = _stats.pids_entry(_fs.read_int(d, "pids.current"),
+                                               _fs.read_int(d, "pids.max"))
+        blkio: dict[str, Any] = _stats.io_stat_entries(_fs.read(d, "io.stat"))
+        if (pressure := _stats.psi(d, "io.pressure")) is not None:
+            blkio["psi"] = pressure
+        result["blkio"] = blkio
+        result["hugetlb"] = {
+            s: _stats.hugetlb_entry(_fs.read_int(d, f"hugetlb.{s}.current"), 0,
+                                    _fs.read_keyed(d, f"hugetlb.{s}.events").get("max", 0))
+            for s in _fs.hugepage_sizes() if _fs.exists(d, f"hugetlb.{s}.current")}
+        return result
 
     def oom_kill_count(self) -> int:
-        for line in read_file(self.dir, "memory.events").splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
+        return _fs.read_keyed(self.dir, "memory.events").get("oom_kill", 0)
 
+    # -- persistence ---------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
-        return {"kind": "v2", "root": self.root, "path": self.path, "created": self.created}
+        return {"kind": self.kind, "root": self.root, "path": self.path, "dir": self.dir,
+                "created": list(self.created), "rootless": self.rootless,
+                "active": bool(self.paths)}
 
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> V2Manager:
-        return cls(data["root"], data["path"], created=list(data.get("created") or []))
+        manager = cls(data["root"], data.get("path", ""), directory=data.get("dir"),
+                      created=list(data.get("created") or []),
+                      rootless=bool(data.get("rootless")))
+        if not data.get("active", True):
+            manager.paths = {}
+        return manager

@@ -1,0 +1,245 @@
+"""The filesystem layer of the cgroup managers: control files, directories, mounts.
+
+Every read and write of cgroupfs goes through here, so the unit tests can point a
+manager at a temporary directory tree and check what would be written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from flatstack.errors import CgroupError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC
+
+
+def why(err: OSError) -> str:
+    """An errno as a lowercase reason."""
+    return os.strerror(err.errno or 0).lower()
+
+
+def write(directory: str, name: str, value: str | int, field: str) -> None:
+    """Write one control file; a failure names the config field and the file."""
+    path = f"{directory}/{name}"
+    try:
+        fd = os.open(path, _WRITE_FLAGS)
+    except OSError as err:
+        raise WriteError(field, path, value, err) from None
+    try:
+        os.write(fd, str(value).encode())
+    except OSError as err:
+        raise WriteError(field, path, value, err) from None
+    finally:
+        os.close(fd)
+
+
+class WriteError(CgroupError):
+    """A control file could not be written; keeps the errno for callers that care."""
+
+    def __init__(self, field: str, path: str, value: str | int, err: OSError) -> None:
+        if err.errno == errno.ENOENT:
+            detail = f"{path} does not exist (controller not available here?)"
+        else:
+            detail = f"writing {str(value)!r} to {path}: {why(err)}"
+        super().__init__(f"{field}: {detail}" if field else detail)
+        self.errno = err.errno or 0
+        self.path = path
+
+
+def read(directory: str, name: str) -> str | None:
+    """A control file's content without the trailing newline, or None if unreadable."""
+    try:
+        with open(f"{directory}/{name}", "rb") as f:
+            return f.read().decode().strip()
+    except OSError:
+        return None
+
+
+def read_int(directory: str, name: str, maximum: int = 0) -> int:
+    """A single number; ``max`` reads as ``maximum``, anything unreadable as 0."""
+    text = read(directory, name)
+    if not text:
+        return 0
+    if text == "max":
+        return maximum
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def read_keyed(directory: str, name: str) -> dict[str, int]:
+    """A flat keyed file (``key value`` per line) such as memory.stat or cpu.stat."""
+    result: dict[str, int] = {}
+    for line in (read(directory, name) or "").splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            result[key] = int(value)
+        except ValueError:
+            continue
+    return result
+
+
+def exists(directory: str, name: str = "") -> bool:
+    return os.path.exists(f"{directory}/{name}" if name else directory)
+
+
+def procs(directory: str, recursive: bool = True) -> list[int]:
+    """The pids in ``cgroup.procs`` of a cgroup (and of its descendants)."""
+    pids: list[int] = []
+    dirs = [directory]
+    while dirs:
+        current = dirs.pop()
+        text = read(current, "cgroup.procs")
+        if text is None:
+            continue
+        pids.extend(int(p) for p in text.split())
+        if recursive:
+            try:
+                with os.scandir(current) as it:
+                    dirs.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+            except OSError:
+                pass
+    return pids
+
+
+def mkdir_p(path: str, created: list[str]) -> None:
+    """``mkdir -p``; appends (top-down) the directories this call created."""
+    missing = []
+    probe = path
+    while not os.path.isdir(probe):
+        missing.append(probe)
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise MkdirError(directory, err) from None
+        created.append(directory)
+
+
+class MkdirError(CgroupError):
+    """A cgroup directory could not be created."""
+
+    def __init__(self, path: str, err: OSError) -> None:
+        super().__init__(f"linux.cgroupsPath: cannot create {path}: {why(err)}")
+        self.errno = err.errno or 0
+
+
+def subdirs_bottom_up(path: str) -> list[str]:
+    """Every directory below ``path``, deepest first (child cgroups a container made)."""
+    found: list[str] = []
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        found.append(entry.path)
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    found.sort(key=lambda p: p.count("/"), reverse=True)
+    return found
+
+
+def rmdir(path: str) -> int:
+    """rmdir, returning 0 or the errno (ENOENT counts as success)."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return 0
+    except OSError as err:
+        return err.errno or errno.EIO
+    return 0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` with a short, growing sleep; False on timeout."""
+    if predicate():
+        return True
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    while True:
+        time.sleep(delay)
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        delay = min(delay * 2, 0.01)
+
+
+def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str, str, str]]:
+    """(mount point, root in the hierarchy, fstype, super options) of cgroup mounts,
+    first mount of each hierarchy only."""
+    result = []
+    seen = set()
+    with open(mountinfo, "rb") as f:
+        lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+    for line in lines:
+        if " - cgroup" not in line:
+            continue
+        pre, _, post = line.partition(" - ")
+        fields = pre.split()
+        fstype, _source, options = [*post.split(), "", "", ""][:3]
+        if fstype not in ("cgroup", "cgroup2") or fields[2] in seen:
+            continue
+        seen.add(fields[2])
+        result.append((_unescape(fields[4]), _unescape(fields[3]), fstype, options))
+    return result
+
+
+def own_cgroups(path: str = "/proc/self/cgroup") -> dict[str, str]:
+    """This process's cgroup per hierarchy, keyed by each controller (``name=x`` for
+    named hierarchies, ``""`` for cgroup2)."""
+    result: dict[str, str] = {}
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return result
+    for line in lines:
+        _hid, controllers, cgpath = line.split(":", 2)
+        for name in controllers.split(",") if controllers else [""]:
+            result[name] = cgpath
+    return result
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    if "\\" not in field:
+        return field
+    return field.encode().decode("unicode_escape")
+
+
+def hugepage_sizes(sysfs: str = "/sys/kernel/mm/hugepages") -> list[str]:
+    """The huge page sizes this kernel supports, spelled as in cgroup file names."""
+    sizes = []
+    try:
+        names = os.listdir(sysfs)
+    except OSError:
+        return sizes
+    for name in names:
+        if name.startswith("hugepages-") and name.endswith("kB"):
+            sizes.append(hugepage_name(int(name[10:-2]) * 1024))
+    return sizes
+
+
+def hugepage_name(size: int) -> str:
+    """A size in bytes as the kernel names it: 2MB, 1GB, 64KB."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"

@@ -57,9 +57,15 @@ class Runtime:
         self.preexec = preexec
 
     def cmd(self, *args: str, check: bool = True) -> None:
-        subprocess.run([*self.argv, "--root", self.root, *args], check=check,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, preexec_fn=self.preexec)
+        # stderr to a file, never a pipe: the container inherits create's stdio.
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.run([*self.argv, "--root", self.root, *args],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=err, preexec_fn=self.preexec, check=False)
+            if check and proc.returncode != 0:
+                err.seek(0)
+                raise RuntimeError(f"{self.name} {' '.join(args)} failed: "
+                                   f"{err.read().decode(errors='replace').strip()}")
 
     def lifecycle(self, cid: str, pid_file: str) -> float:
         started = time.perf_counter()
@@ -115,6 +121,7 @@ def main() -> int:
         sys.exit("lifecycle.py: run as root")
     _libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     work = Path(tempfile.mkdtemp(prefix="flatstack-bench-"))
+    work.chmod(0o755)  # the user-namespace bundle's mapped root must reach its rootfs
     try:
         rootfs = build_rootfs(str(work / "rootfs"))
         spec_dir = work / "runc-spec"

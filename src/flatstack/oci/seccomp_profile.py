@@ -1,16 +1,36 @@
 """flatstack's default seccomp profile: an allowlist at least as strict as Docker's.
 
-Everything not listed fails with EPERM.  Compared with Docker's default profile,
-the syscalls Docker allows only with extra capabilities (CAP_SYS_ADMIN: mount,
-umount2, pivot_root, unshare, setns, bpf...; CAP_SYS_MODULE, CAP_SYS_BOOT,
-CAP_SYS_TIME, CAP_SYS_PTRACE, CAP_SYSLOG, ...) are simply not allowed, since
-the default capability set does not include those capabilities.  ``ptrace`` is
-blocked too (Docker allows it on kernels >= 4.8), as are ``keyctl``,
-``add_key``, ``request_key``, ``perf_event_open``, ``kexec_*``,
-``open_by_handle_at``, ``userfaultfd`` and ``io_uring_*``.  ``clone`` is
-allowed only without namespace flags, ``clone3`` returns ENOSYS so the C
-library falls back to ``clone``, and ``personality`` only takes the values
-Docker allows.
+Every syscall not allowed below fails with EPERM (``SCMP_ACT_ERRNO``, errno 1);
+syscalls numbered above the highest one the profile names fail with ENOSYS
+instead (flatrun's compiler adds that stub, as runc does), so a C library
+probing a syscall newer than the profile falls back.
+
+Relative to Docker's default profile (moby ``profiles/seccomp``):
+
+* Syscalls Docker allows only when the container holds an extra capability are
+  not allowed at all, since flatstack's default capability set lacks those
+  capabilities -- see :data:`BLOCKED` for the list and the reason for each.
+* ``ptrace``, ``process_vm_readv`` and ``process_vm_writev`` are blocked.
+  Docker allows them on kernels >= 4.8 (where ptrace can no longer be used to
+  skip the seccomp filter); flatstack blocks them because debugging inside a
+  container is rare and they widen the attack surface (ptrace-based kernel
+  bugs, reading sibling processes' memory).  A profile of your own can allow
+  them.
+* ``clone`` is allowed only when its flags carry no namespace bit
+  (``SCMP_CMP_MASKED_EQ``); ``clone3`` answers ENOSYS (its flags live in a
+  struct seccomp cannot read), so the C library falls back to ``clone``.
+* ``socket`` refuses ``AF_VSOCK``, which reaches the host or hypervisor, not
+  the container's network.  (On 32-bit x86 ``socketcall`` multiplexes socket
+  calls through a pointer seccomp cannot read; it stays allowed, as in
+  Docker, or 32-bit programs could not use the network at all.)
+* ``personality`` takes only the values Docker allows (Linux, 32-bit Linux,
+  UNAME26 and the query 0xffffffff): no ``ADDR_NO_RANDOMIZE`` or
+  ``READ_IMPLIES_EXEC``.
+* ``io_uring_*`` is blocked (Docker dropped it too): io_uring bypasses
+  syscall filtering and has been a steady source of kernel exploits.
+
+Architectures: the native one plus its compat ABIs -- x86_64 with x86 and x32,
+aarch64 with arm, s390x with s390 -- as in Docker's ``archMap``.
 """
 
 from __future__ import annotations
@@ -19,9 +39,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-ALLOWED = """
+#: Allowed unconditionally on every architecture.  Names unknown to libseccomp
+#: or absent on an architecture are skipped by the compiler.
+ALLOWED: tuple[str, ...] = tuple("""
 accept accept4 access adjtimex alarm bind brk cachestat capget capset chdir chmod chown
-chown32 clock_adjtime clock_adjtime64 clock_getres clock_getres_time64 clock_gettime
+chown32 chroot clock_adjtime clock_adjtime64 clock_getres clock_getres_time64 clock_gettime
 clock_gettime64 clock_nanosleep clock_nanosleep_time64 close close_range connect
 copy_file_range creat dup dup2 dup3 epoll_create epoll_create1 epoll_ctl epoll_ctl_old
 epoll_pwait epoll_pwait2 epoll_wait epoll_wait_old eventfd eventfd2 execve execveat exit
@@ -61,43 +83,128 @@ sync sync_file_range syncfs sysinfo tee tgkill time timer_create timer_delete
 timer_getoverrun timer_gettime timer_gettime64 timer_settime timer_settime64 timerfd_create
 timerfd_gettime timerfd_gettime64 timerfd_settime timerfd_settime64 times tkill truncate
 truncate64 ugetrlimit umask uname unlink unlinkat utime utimensat utimensat_time64 utimes
-vfork vmsplice wait4 waitid waitpid write writev arch_prctl modify_ldt chroot
-""".split()  # noqa: SIM905 - a readable list of ~350 names
+vfork vmsplice wait4 waitid waitpid write writev
+""".split())  # noqa: SIM905 - a readable block of names
 
-#: Namespace flags clone may not use: CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
-#: |NEWTIME.
-CLONE_NAMESPACE_FLAGS = 0x7E020080
-#: Values of personality(2) Docker allows: PER_LINUX, PER_LINUX32, UNAME26, UNAME26|PER_LINUX32,
-#: and the query 0xffffffff.
+#: Allowed only on some architectures (keyed by the native ``uname -m``).
+ARCH_ALLOWED: dict[str, tuple[str, ...]] = {
+    "x86_64": ("arch_prctl", "modify_ldt"),
+    "aarch64": ("arm_fadvise64_64", "arm_sync_file_range", "sync_file_range2", "breakpoint",
+                "cacheflush", "set_tls"),
+    "s390x": ("s390_pci_mmio_read", "s390_pci_mmio_write", "s390_runtime_instr"),
+    "ppc64le": ("sync_file_range2", "swapcontext"),
+    "riscv64": ("riscv_flush_icache",),
+}
+
+#: Native machine -> architectures the profile covers (Docker's archMap).
+ARCH_MAP: dict[str, tuple[str, ...]] = {
+    "x86_64": ("SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"),
+    "aarch64": ("SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"),
+    "s390x": ("SCMP_ARCH_S390X", "SCMP_ARCH_S390"),
+    "ppc64le": ("SCMP_ARCH_PPC64LE",),
+    "riscv64": ("SCMP_ARCH_RISCV64",),
+}
+
+#: What the profile refuses (EPERM) and why.  Docker allows the ``cap:`` groups
+#: when the container holds that capability; flatstack's default set does not.
+BLOCKED: dict[str, tuple[tuple[str, ...], str]] = {
+    "namespaces": (("unshare", "setns"),
+                   "new namespaces (user namespaces above all) open kernel attack surface "
+                   "meant for root; cap: CAP_SYS_ADMIN"),
+    "mounts": (("mount", "umount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount",
+                "fspick", "move_mount", "open_tree", "mount_setattr"),
+               "the container's mount table is set up by the runtime; cap: CAP_SYS_ADMIN"),
+    "keyring": (("keyctl", "add_key", "request_key"),
+                "the kernel keyring is not namespaced: keys would leak between containers"),
+    "bpf": (("bpf",), "loads code into the kernel; cap: CAP_SYS_ADMIN or CAP_BPF"),
+    "perf": (("perf_event_open",),
+             "exposes host-wide performance data and a large kernel surface; cap: "
+             "CAP_SYS_ADMIN or CAP_PERFMON"),
+    "modules": (("init_module", "finit_module", "delete_module", "create_module",
+                 "query_module", "get_kernel_syms"),
+                "kernel modules are host-wide; cap: CAP_SYS_MODULE"),
+    "kexec": (("kexec_load", "kexec_file_load", "reboot"),
+              "would replace or stop the host kernel; cap: CAP_SYS_BOOT"),
+    "file handles": (("open_by_handle_at",),
+                     "opens any inode on a mounted filesystem by handle, outside the "
+                     "container's root (the 'shocker' escape); cap: CAP_DAC_READ_SEARCH"),
+    "tracing": (("ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+                 "process_madvise"),
+                "inspect or change other processes; Docker allows the first three on "
+                "kernels >= 4.8, flatstack does not; cap: CAP_SYS_PTRACE"),
+    "namespaced clone": (("clone3",),
+                         "answers ENOSYS: its flags are in memory seccomp cannot inspect; "
+                         "clone is allowed without namespace flags"),
+    "io_uring": (("io_uring_setup", "io_uring_enter", "io_uring_register"),
+                 "bypasses syscall filtering; frequent source of kernel exploits"),
+    "userfaultfd": (("userfaultfd",),
+                    "lets an exploit stall the kernel at a chosen page fault"),
+    "clock": (("settimeofday", "stime", "clock_settime", "clock_settime64"),
+              "the clock is host-wide; cap: CAP_SYS_TIME"),
+    "host administration": (("acct", "swapon", "swapoff", "syslog", "quotactl", "quotactl_fd",
+                             "lookup_dcookie", "sethostname", "setdomainname", "vhangup",
+                             "iopl", "ioperm", "fanotify_init", "nfsservctl"),
+                            "host-wide administration; cap: CAP_SYS_ADMIN, CAP_SYS_PACCT, "
+                            "CAP_SYSLOG, CAP_SYS_TTY_CONFIG or CAP_SYS_RAWIO"),
+    "NUMA policy": (("mbind", "set_mempolicy", "get_mempolicy", "set_mempolicy_home_node",
+                     "migrate_pages", "move_pages"),
+                    "moves memory between host NUMA nodes; cap: CAP_SYS_NICE"),
+    "obsolete": (("uselib", "ustat", "sysfs", "_sysctl", "vm86", "vm86old", "afs_syscall",
+                  "tuxcall", "security", "getpmsg", "putpmsg", "vserver", "bdflush"),
+                 "obsolete interfaces nobody needs, with a history of bugs"),
+}
+
+#: Namespace flags ``clone`` may not carry: CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC |
+#: NEWUSER | NEWPID | NEWNET.  (CLONE_NEWTIME, 0x80, shares its bit with clone's
+#: exit-signal byte; only unshare and clone3 take it, and both are blocked.)
+CLONE_NAMESPACE_FLAGS = 0x7E020000
+#: Values of personality(2) allowed: PER_LINUX, PER_LINUX32, UNAME26,
+#: UNAME26 | PER_LINUX32, and 0xffffffff (query the current persona).
 PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
-#: AF_VSOCK is refused at socket(): vsock reaches the hypervisor, not the container's network.
 AF_VSOCK = 40
+ENOSYS = 38
+EPERM = 1
 
-ARCHITECTURES = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
-ARCHITECTURES_ARM = ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
 
+def default_profile(machine: str | None = None) -> dict[str, Any]:
+    """The runtime-spec ``linux.seccomp`` object flatstack uses by default.
 
-def default_profile() -> dict[str, Any]:
-    """The runtime-spec linux.seccomp object flatstack uses by default."""
-    import os
+    ``machine`` is a ``uname -m`` value; the running machine's by default.
+    """
+    if machine is None:
+        import os
 
-    machine = os.uname().machine
-    arches = ARCHITECTURES_ARM if machine in ("aarch64", "arm64") else ARCHITECTURES
+        machine = os.uname().machine
+    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+    arches = ARCH_MAP.get(machine, ())
+    # s390 passes clone's flags in the second argument.
+    clone_arg = 1 if machine == "s390x" else 0
     syscalls: list[dict[str, Any]] = [
-        {"names": sorted(ALLOWED), "action": "SCMP_ACT_ALLOW"},
+        {"names": sorted(ALLOWED + ARCH_ALLOWED.get(machine, ())), "action": "SCMP_ACT_ALLOW"},
         {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
-         "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0,
+         "args": [{"index": clone_arg, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0,
                    "op": "SCMP_CMP_MASKED_EQ"}]},
-        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
         {"names": ["socket"], "action": "SCMP_ACT_ALLOW",
          "args": [{"index": 0, "value": AF_VSOCK, "op": "SCMP_CMP_NE"}]},
     ]
-    for value in PERSONALITIES:
-        syscalls.append({"names": ["personality"], "action": "SCMP_ACT_ALLOW",
-                         "args": [{"index": 0, "value": value, "op": "SCMP_CMP_EQ"}]})
-    return {
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": 1,
-        "architectures": arches,
-        "syscalls": syscalls,
-    }
+    syscalls += [{"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{"index": 0, "value": value, "op": "SCMP_CMP_EQ"}]}
+                 for value in PERSONALITIES]
+    profile: dict[str, Any] = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": EPERM}
+    if arches:
+        profile["architectures"] = list(arches)
+    profile["syscalls"] = syscalls
+    return profile
+
+
+def describe_default() -> str:
+    """A human-readable summary of what the default profile blocks and why."""
+    lines = ["default action: EPERM for every syscall not allowed (ENOSYS above the "
+             "highest syscall the profile knows)",
+             f"allowed: {len(ALLOWED)} syscalls, plus clone without namespace flags, "
+             "socket except AF_VSOCK, personality with Docker's values",
+             "blocked:"]
+    for group, (names, why) in BLOCKED.items():
+        lines.append(f"  {group}: {', '.join(names)} -- {why}")
+    return "\n".join(lines)

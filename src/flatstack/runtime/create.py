@@ -6,7 +6,7 @@ import os
 
 from flatstack.errors import FlatstackError
 from flatstack.kernel import ns
-from flatstack.runtime.init import LaunchPlan, stage_one
+from flatstack.runtime.init import LaunchPlan, preload, stage_one
 from flatstack.runtime.state import Container, process_start_time, rfc3339_now
 from flatstack.runtime.sync import Channel
 
@@ -184,6 +184,9 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
         "rootless": rootless,
     })
     os.mkfifo(container.fifo_path, 0o622)
+    # Writable by the container's root even when it is an unmapped id (user namespace);
+    # the init reaches the FIFO only through the fd it inherits.
+    os.chmod(container.fifo_path, 0o622)
     fifo_fd = os.open(container.fifo_path, os.O_PATH | os.O_CLOEXEC)
     parent_end, child_end = Channel.pair()
     plan = LaunchPlan(config, container_id=container.id, bundle=opts.bundle,
@@ -209,6 +212,7 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
         from flatstack.kernel import proc
 
         proc.set_child_subreaper()
+    preload(plan)
     first = os.fork()
     if first == 0:
         parent_end.close()

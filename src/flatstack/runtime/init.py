@@ -71,7 +71,11 @@ def _fail(channel: Channel, err: BaseException) -> None:
     try:
         channel.send("error", message)
     except OSError:
-        pass
+        # The parent has gone (after "created"): stderr is all that is left.
+        try:
+            os.write(2, f"flatrun: container init: {message}\n".encode())
+        except OSError:
+            pass
     os._exit(1)
 
 
@@ -147,10 +151,10 @@ class _CgroupGate:
 
 
 def preload(plan: LaunchPlan) -> None:
-    """Import now everything needed after pivot_root or setns(mnt): from then on
-    flatrun's own files (and the standard library) are out of reach."""
-    import resource  # noqa: F401 - used by process_attrs.apply_rlimits
-
+    """Import now everything the children need: after a user namespace is entered
+    (the interpreter may live under a home directory the mapped ids cannot read),
+    pivot_root or setns(mnt), flatrun's files and the standard library are out of reach.
+    Called by the parent before it forks."""
     from flatstack.kernel import caps, proc  # noqa: F401
     from flatstack.runtime import process_attrs  # noqa: F401
 
@@ -178,7 +182,6 @@ def stage_two(plan: LaunchPlan) -> None:
     """The container's init: rootfs, identity, exec FIFO, exec.  Never returns."""
     channel = plan.channel
     try:
-        preload(plan)
         os.setsid()
         gate = _CgroupGate(channel, bool(plan.new_flags & ns.CLONE_NEWCGROUP))
         config = plan.config

@@ -139,6 +139,7 @@ def exec_process(opts: ExecOptions) -> int:
 
     if not opts.detach:
         proc.set_child_subreaper()
+    preload(plan)
     first = os.fork()
     if first == 0:
         parent_end.close()
@@ -199,7 +200,6 @@ def _exec_stage_one(plan: LaunchPlan) -> None:
     """Join the container's namespaces, fork into its PID namespace.  Never returns."""
     channel = plan.channel
     try:
-        preload(plan)
         channel.expect("cgroup")
         from flatstack.kernel import proc
 

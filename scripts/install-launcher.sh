@@ -12,8 +12,8 @@ cat > "$tmp" <<PY
 #!$py -IS
 import sys
 sys.path.insert(0, "$here/src")
-from flatstack.runtime.cli import main
-sys.exit(main())
+from flatstack.runtime.cli import run
+run()
 PY
 chmod 0755 "$tmp"
 mv "$tmp" "$out"

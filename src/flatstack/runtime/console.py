@@ -24,9 +24,9 @@ _PTS_MAJOR_MIN, _PTS_MAJOR_MAX = 136, 143
 
 def connect_console_socket(path: str) -> int:
     """Connect to the console socket; returns the connected fd (inheritable by fork)."""
-    import socket
+    import _socket  # the C module: ``socket`` costs ~10 ms of enum set-up
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError as err:
@@ -61,11 +61,13 @@ def set_winsize(fd: int, size: dict[str, int] | None) -> None:
 
 def send_master(sock_fd: int, master: int, name: str) -> None:
     """Send the pty master over the connected console socket."""
-    import socket
+    import _socket
+    import array
 
-    sock = socket.socket(fileno=sock_fd)
+    sock = _socket.socket(fileno=sock_fd)
     try:
-        socket.send_fds(sock, [name.encode()], [master])
+        fds = array.array("i", [master]).tobytes()
+        sock.sendmsg([name.encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
     finally:
         sock.detach()
 

@@ -161,21 +161,20 @@ def preload(plan: LaunchPlan) -> None:
     config = plan.config
     process = plan.process
     if process.get("terminal"):
-        import socket
+        import _socket  # noqa: F401
+        import array  # noqa: F401
 
         from flatstack.runtime import console  # noqa: F401
     if plan.seccomp_bpf is not None:
         from flatstack.runtime import seccomp  # noqa: F401
 
         if (plan.linux.get("seccomp") or {}).get("listenerPath"):
-            import socket
+            import socket  # noqa: F401
     if (config.get("hooks") or {}).get("startContainer") or (config.get("hooks") or {}).get(
             "createContainer"):
         import subprocess  # noqa: F401
 
         from flatstack.runtime import hooks  # noqa: F401
-    if config.get("hostname") is not None:
-        import socket  # noqa: F401
 
 
 def stage_two(plan: LaunchPlan) -> None:
@@ -215,15 +214,14 @@ def stage_two(plan: LaunchPlan) -> None:
 
 
 def _set_names(config: dict[str, Any]) -> None:
+    from flatstack.kernel.libc import check, libc
+
     hostname = config.get("hostname")
     if hostname is not None:
-        import socket
-
-        socket.sethostname(hostname)
+        data = hostname.encode()
+        check(libc.sethostname(data, len(data)), "sethostname", hostname)
     domainname = config.get("domainname")
     if domainname is not None:
-        from flatstack.kernel.libc import check, libc
-
         data = domainname.encode()
         check(libc.setdomainname(data, len(data)), "setdomainname", domainname)
 

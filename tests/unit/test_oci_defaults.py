@@ -105,7 +105,8 @@ def test_userns() -> None:
     spec = default_spec(userns=True)
     linux = spec["linux"]
     assert _ns(spec)[-1] == "user" and "network" in _ns(spec)
-    mapping = [{"containerID": 0, "hostID": 100000, "size": 65536}]
-    assert linux["uidMappings"] == mapping and linux["gidMappings"] == mapping
+    assert "uidMappings" not in linux and "gidMappings" not in linux
+    assert spec["annotations"] == {"org.flatstack.userns": "auto",
+                                   "org.flatstack.rootfs.idmap": "true"}
     assert linux["resources"]["pids"] == {"limit": 4096}
     assert _mount(spec, "/sys/fs/cgroup") is not None

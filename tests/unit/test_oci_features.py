@@ -26,7 +26,8 @@ def test_mount_options() -> None:
     assert options == sorted(set(options))
     assert {"ro", "rw", "bind", "rbind", "nosymfollow", "rprivate", "rslave", "rro",
             "rnosuid", "defaults"} <= set(options)
-    assert "idmap" not in options and "ridmap" not in options  # until idmap mounts land
+    assert "idmap" in options and "ridmap" in options
+    assert features()["linux"]["mountExtensions"] == {"idmap": {"enabled": True}}
     assert not any("=" in o for o in options)  # no filesystem-specific data options
 
 
@@ -53,4 +54,4 @@ def test_linux_section() -> None:
     assert "SECCOMP_FILTER_FLAG_NEW_LISTENER" not in seccomp["knownFlags"]
     assert set(seccomp["supportedFlags"]) <= set(seccomp["knownFlags"])
     assert linux["apparmor"] == linux["selinux"] == linux["intelRdt"] == {"enabled": False}
-    assert linux["mountExtensions"] == {"idmap": {"enabled": False}}
+    assert linux["mountExtensions"] == {"idmap": {"enabled": True}}

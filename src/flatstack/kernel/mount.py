@@ -79,3 +79,38 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
 def fd_path(fd: int) -> str:
     """A path that names what ``fd`` refers to, for calls that take paths."""
     return f"/proc/self/fd/{fd}"
+
+
+# -- the new mount API (open_tree, mount_setattr, move_mount) ----------------
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_IDMAP = 0x100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """open_tree(2): with OPEN_TREE_CLONE, a detached copy of the mount at ``path``."""
+    return syscall("open_tree", dirfd, fsencode(path), flags | OPEN_TREE_CLOEXEC, detail=path)
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
+                  propagation: int = 0, userns_fd: int = 0) -> None:
+    """mount_setattr(2): change mount attributes, recursively with AT_RECURSIVE."""
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
+    syscall("mount_setattr", dirfd, fsencode(path), flags, ctypes.byref(attr),
+            ctypes.sizeof(attr), detail=path or fd_path(dirfd))
+
+
+def move_mount(from_fd: int, from_path: str, to_fd: int, to_path: str, flags: int) -> None:
+    """move_mount(2): attach (or move) a mount; fds with *_EMPTY_PATH flags."""
+    syscall("move_mount", from_fd, fsencode(from_path), to_fd, fsencode(to_path), flags,
+            detail=to_path or fd_path(to_fd))

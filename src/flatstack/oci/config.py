@@ -568,7 +568,9 @@ def _namespaces(namespaces: Any) -> dict[str, tuple[int, str | None]]:
 
 def _linux(linux: dict[str, Any], ns: dict[str, tuple[int, str | None]],
            config: dict[str, Any]) -> None:
-    _user_namespace(linux, ns, config.get("process"))
+    # With this annotation the runtime fills in (or rejects, naming it) the maps.
+    auto = "org.flatstack.userns" in (config.get("annotations") or {})
+    _user_namespace(linux, ns, config.get("process"), auto_maps=auto)
     offsets = linux.get("timeOffsets")
     if offsets is not None:
         _time_offsets(_obj(offsets, "linux.timeOffsets"), ns)
@@ -610,7 +612,7 @@ def _linux(linux: dict[str, Any], ns: dict[str, tuple[int, str | None]],
 
 
 def _user_namespace(linux: dict[str, Any], ns: dict[str, tuple[int, str | None]],
-                    process: Any) -> None:
+                    process: Any, auto_maps: bool = False) -> None:
     uid_maps = _opt(linux, "uidMappings", "linux", _mappings)
     gid_maps = _opt(linux, "gidMappings", "linux", _mappings)
     if "user" not in ns:
@@ -621,6 +623,8 @@ def _user_namespace(linux: dict[str, Any], ns: dict[str, tuple[int, str | None]]
         return
     if ns["user"][1] is not None:
         return  # joining: the namespace's own maps apply
+    if auto_maps and not uid_maps and not gid_maps:
+        return  # the runtime allocates a range (runtime/userns_pool.py)
     if not uid_maps:
         raise ConfigError("linux.uidMappings", "required when creating a user namespace")
     if not gid_maps:

@@ -26,9 +26,9 @@ MASKED_PATHS = (
     "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
-#: The host ids a ``userns=True`` spec maps container ids 0-65535 onto.
-USERNS_HOST_ID = 100000
-USERNS_SIZE = 65536
+#: A ``userns=True`` spec asks flatrun for a private host id range per container
+#: (runtime/userns_pool.py) and an idmapped root filesystem (runtime/idmapped.py).
+USERNS_ANNOTATIONS = {"org.flatstack.userns": "auto", "org.flatstack.rootfs.idmap": "true"}
 PIDS_LIMIT = 4096
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -78,8 +78,10 @@ def default_spec(*, rootless: bool = False, args: list[str] | None = None,
     container root to the caller's effective uid/gid (size 1), no network
     namespace, /sys bound from the host instead of sysfs + cgroupfs, no
     ``gid=`` on devpts, no ``linux.resources``.  ``userns`` (ignored when
-    rootless) adds a user namespace mapping container ids 0-65535 to host ids
-    100000-165535.
+    rootless) adds a user namespace whose maps flatrun fills in at create time
+    with a host id range no other container holds (``org.flatstack.userns:
+    auto``), and idmaps the root filesystem onto it so an image unpacked as
+    host root is owned by the container's root (``org.flatstack.rootfs.idmap``).
     """
     from flatstack.oci.seccomp_profile import default_profile
 
@@ -102,9 +104,7 @@ def default_spec(*, rootless: bool = False, args: list[str] | None = None,
                               "pids": {"limit": PIDS_LIMIT}}
         if userns:
             linux["namespaces"].append({"type": "user"})
-            linux["uidMappings"] = _mapping(USERNS_HOST_ID, USERNS_SIZE)
-            linux["gidMappings"] = _mapping(USERNS_HOST_ID, USERNS_SIZE)
-    return {
+    spec: dict[str, Any] = {
         "ociVersion": "1.2.0",
         "process": {
             "terminal": True,
@@ -122,3 +122,6 @@ def default_spec(*, rootless: bool = False, args: list[str] | None = None,
         "mounts": _mounts(rootless),
         "linux": linux,
     }
+    if userns and not rootless:
+        spec["annotations"] = dict(USERNS_ANNOTATIONS)
+    return spec

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 OCI_VERSION_MIN = "1.0.0"
 OCI_VERSION_MAX = "1.2.0"
-#: Set to True once rootfs applies mount uidMappings/gidMappings (idmap, ridmap).
-IDMAP_MOUNTS = False
+#: rootfs applies mount uidMappings/gidMappings (idmap, ridmap): runtime/idmapped.py.
+IDMAP_MOUNTS = True
 
 
 def features() -> dict[str, Any]:
@@ -58,6 +58,8 @@ def features() -> dict[str, Any]:
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": IDMAP_MOUNTS}},
         },
-        "annotations": {"org.flatstack.runtime.version": __version__},
+        "annotations": {"org.flatstack.runtime.version": __version__,
+                        "org.flatstack.userns": "auto, auto:size=N",
+                        "org.flatstack.rootfs.idmap": "true, false"},
         "potentiallyUnsafeConfigAnnotations": [],
     }

@@ -326,7 +326,8 @@ def _spec(flags: dict[str, Any]) -> int:
     path = os.path.join(bundle, "config.json")
     if os.path.exists(path):
         raise FlatstackError(f"file {path} exists: remove it first")
-    spec = default_spec(rootless=flags.get("rootless", False))
+    rootless = flags.get("rootless", False)
+    spec = default_spec(rootless=rootless, userns=not rootless)
     with open(path, "w") as f:
         json.dump(spec, f, indent=4)
         f.write("\n")

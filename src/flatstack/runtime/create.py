@@ -121,10 +121,19 @@ def create(opts: CreateOptions, *, subreaper: bool = False) -> Container:
     from flatstack.oci.config import load_config
 
     config = load_config(opts.bundle)
-    check_runtime_requirements(config)
+    if "org.flatstack.userns" not in (config.get("annotations") or {}):
+        check_runtime_requirements(config)
     container = Container.new(opts.root, opts.container_id)
     cleanup = _Cleanup(container)
     try:
+        if "org.flatstack.userns" in (config.get("annotations") or {}):
+            from flatstack.runtime import userns_pool
+
+            owner = os.path.abspath(container.dir)
+            if userns_pool.apply_auto(config, owner, container.dir) is not None:
+                cleanup.userns_owner = owner
+                container.data["userns_pool"] = owner
+            check_runtime_requirements(config)
         _create(opts, config, container, cleanup, subreaper)
     except BaseException:
         cleanup.run()
@@ -139,8 +148,13 @@ class _Cleanup:
         self.container = container
         self.pids: list[int] = []
         self.cgroup: Any = None
+        self.userns_owner = ""
+        self.trees: dict[str, int] = {}
 
     def run(self) -> None:
+        for fd in self.trees.values():
+            os.close(fd)
+        self.trees = {}
         for pid in self.pids:
             try:
                 os.kill(pid, 9)
@@ -155,6 +169,10 @@ class _Cleanup:
                 self.cgroup.destroy()
             except FlatstackError:
                 pass
+        if self.userns_owner:
+            from flatstack.runtime.userns_pool import release
+
+            release(self.userns_owner)
         self.container.remove_dir()
 
 
@@ -208,6 +226,13 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
         from flatstack.runtime.console import connect_console_socket
 
         plan.console_fd = connect_console_socket(opts.console_socket)
+    clone_all = (not rootless and bool(plan.new_flags & ns.CLONE_NEWUSER)
+                 and bool(plan.new_flags & ns.CLONE_NEWNS))
+    if clone_all or _wants_idmapped_trees(config):
+        from flatstack.runtime.idmapped import prepare_trees
+
+        cleanup.trees = plan.mount_trees = prepare_trees(config, plan.rootfs, opts.bundle,
+                                                         clone_all=clone_all)
     if subreaper:
         from flatstack.kernel import proc
 
@@ -248,12 +273,22 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
     finally:
         parent_end.close()
         os.close(fifo_fd)
+        for fd in cleanup.trees.values():
+            os.close(fd)
+        cleanup.trees = {}
     container.data.pop("creating", None)
     container.save()
     if opts.pid_file:
         write_pid_file(opts.pid_file, init_pid)
     cleanup.pids.clear()
     cleanup.cgroup = None
+
+
+def _wants_idmapped_trees(config: dict[str, Any]) -> bool:
+    if "org.flatstack.rootfs.idmap" in (config.get("annotations") or {}):
+        return True
+    return any(mnt.get("uidMappings") or "idmap" in (mnt.get("options") or ())
+               or "ridmap" in (mnt.get("options") or ()) for mnt in config.get("mounts") or [])
 
 
 def _drive_stage_one(channel: Channel, plan: LaunchPlan, first: int,

@@ -58,6 +58,7 @@ class LaunchPlan:
             or (config.get("hooks") or {}).get("createRuntime"))
         self.is_exec = False
         self.close_in_child: list[int] = []
+        self.mount_trees: dict[str, int] = {}  # idmapped detached trees, made by the parent
 
 
 def _fail(channel: Channel, err: BaseException) -> None:
@@ -85,6 +86,8 @@ def stage_one(plan: LaunchPlan) -> None:
     try:
         for fd in plan.close_in_child:
             os.close(fd)
+        if "rootfs" in plan.mount_trees:
+            os.chdir(plan.rootfs)  # still host root: the tree is attached on the cwd
         for flag, path in plan.joins:
             try:
                 ns.join_path(path, flag)
@@ -191,7 +194,8 @@ def stage_two(plan: LaunchPlan) -> None:
         from flatstack.runtime.rootfs import RootfsBuilder
 
         builder = RootfsBuilder(config, plan.rootfs, plan.bundle, in_userns=plan.in_userns,
-                                cgroup_paths=plan.cgroup_paths, cgroup_hook=gate)
+                                cgroup_paths=plan.cgroup_paths, cgroup_hook=gate,
+                                mount_trees=plan.mount_trees)
         builder.prepare()
         if plan.wants_parent_hooks:
             channel.send("hooks")

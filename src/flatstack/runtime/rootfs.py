@@ -112,10 +112,37 @@ def parse_options(options: list[str]) -> tuple[int, int, list[str], bool]:
                         "rsuid", "rnodev", "rdev", "rnoexec", "rexec", "rnoatime", "ratime",
                         "rrelatime", "rnorelatime", "rnodiratime", "rdiratime",
                         "rstrictatime", "rnostrictatime", "rnosymfollow", "rsymfollow"):
-            continue  # recursive attributes are applied by mount_setattr (not yet)
+            continue  # recursive attributes: mount_setattr, see recursive_attrs()
         else:
             data.append(option)
     return flags, propagation, data, rbind
+
+
+def recursive_attrs(options: list[str]) -> tuple[int, int]:
+    """(attr_set, attr_clr) for mount_setattr from the ``r*`` mount options.
+
+    ``idmap``/``ridmap`` are not attributes here: idmapped trees are built by the
+    runtime before the init starts (runtime/idmapped.py).
+    """
+    from flatstack.oci.config import MOUNT_ATTR__ATIME, RECURSIVE_ATTRS
+
+    attr_set = attr_clr = 0
+    for option in options:
+        if option in ("idmap", "ridmap") or option not in RECURSIVE_ATTRS:
+            continue
+        clear, attr = RECURSIVE_ATTRS[option]
+        if option in ("rrelatime", "rnoatime", "rstrictatime"):
+            attr_clr |= MOUNT_ATTR__ATIME  # the atime mode is a field, not a flag
+            attr_set = (attr_set & ~MOUNT_ATTR__ATIME) | attr
+        elif option in ("rnorelatime", "ratime", "rnostrictatime"):
+            continue  # leaving the mode unchanged is what clearing one value means
+        elif clear:
+            attr_clr |= attr
+            attr_set &= ~attr
+        else:
+            attr_set |= attr
+            attr_clr &= ~attr
+    return attr_set, attr_clr
 
 
 def _locked_flags(path: str) -> int:
@@ -144,8 +171,9 @@ class RootfsBuilder:
 
     def __init__(self, config: dict[str, Any], rootfs: str, bundle: str, *,
                  in_userns: bool, cgroup_paths: dict[str, str] | None,
-                 cgroup_hook: Any = None) -> None:
+                 cgroup_hook: Any = None, mount_trees: dict[str, int] | None = None) -> None:
         self.config = config
+        self.mount_trees = mount_trees or {}  # idmapped detached trees (runtime/idmapped.py)
         self.rootfs = rootfs
         self.bundle = bundle
         self.in_userns = in_userns
@@ -165,11 +193,20 @@ class RootfsBuilder:
 
         root_flag = PROPAGATION_FLAGS.get(propagation or "", m.MS_SLAVE | m.MS_REC)
         m.mount(None, "/", None, root_flag | (m.MS_REC if propagation is None else 0))
-        m.mount(self.rootfs, self.rootfs, None, m.MS_BIND | m.MS_REC)
+        tree = self.mount_trees.pop("rootfs", None)
+        if tree is not None:
+            # A detached clone of the rootfs made by the runtime on the host side
+            # (idmapped, or simply because the container's root may not be able to
+            # search the bundle's parent directories): stage one left the cwd on the
+            # rootfs directory; attached there, the tree fd is the new mount's root.
+            m.move_mount(tree, "", -100, ".", m.MOVE_MOUNT_F_EMPTY_PATH)
+            self.root_fd = tree
+        else:
+            m.mount(self.rootfs, self.rootfs, None, m.MS_BIND | m.MS_REC)
+            self.root_fd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         if propagation in ("shared", "rshared", "slave", "rslave", "unbindable",
                            "runbindable", "private", "rprivate"):
-            m.mount(None, self.rootfs, None, PROPAGATION_FLAGS[propagation])
-        self.root_fd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            m.mount(None, m.fd_path(self.root_fd), None, PROPAGATION_FLAGS[propagation])
         for index, mnt in enumerate(self.config.get("mounts") or []):
             self._mount_one(index, mnt)
         self._devices()
@@ -195,6 +232,14 @@ class RootfsBuilder:
                     m.mount(None, m.fd_path(fd), None, propagation)
                 finally:
                     os.close(fd)
+            attr_set, attr_clr = recursive_attrs(options)
+            if attr_set or attr_clr:
+                fd = open_in_root(self.root_fd, dest, os.O_PATH, m.RESOLVE_IN_ROOT)
+                try:
+                    m.mount_setattr(fd, "", m.AT_EMPTY_PATH | m.AT_RECURSIVE, attr_set,
+                                    attr_clr)
+                finally:
+                    os.close(fd)
         except KernelError as err:
             raise FlatstackError(f"{_field(index, 'destination')}: mounting "
                                  f"{mnt.get('source') or fstype} on {dest}: "
@@ -207,8 +252,9 @@ class RootfsBuilder:
             raise FlatstackError(f"{_field(index, 'source')}: required for a bind mount")
         if not source.startswith("/"):
             source = os.path.join(self.bundle, source)
+        tree = self.mount_trees.get(str(index))
         try:
-            st = os.stat(source)
+            st = os.stat(source) if tree is None else os.fstat(tree)
         except OSError as err:
             raise FlatstackError(f"{_field(index, 'source')}: {source}: "
                                  f"{os.strerror(err.errno or 0).lower()}") from None
@@ -217,8 +263,12 @@ class RootfsBuilder:
         else:
             fd = create_file_in_root(self.root_fd, dest)
         try:
-            target = m.fd_path(fd)
-            m.mount(source, target, None, m.MS_BIND | (m.MS_REC if rbind else 0))
+            if tree is not None:
+                from flatstack.runtime.idmapped import attach
+
+                attach(tree, fd)
+            else:
+                m.mount(source, m.fd_path(fd), None, m.MS_BIND | (m.MS_REC if rbind else 0))
         finally:
             os.close(fd)
         extra = flags & ~(m.MS_BIND | m.MS_REC)
@@ -381,9 +431,9 @@ class RootfsBuilder:
 
     def pivot(self, no_pivot: bool = False) -> None:
         """Make the prepared root the process's ``/``."""
-        os.chdir(self.rootfs)
+        os.fchdir(self.root_fd)
         if no_pivot:
-            m.mount(self.rootfs, "/", None, m.MS_MOVE)
+            m.mount(".", "/", None, m.MS_MOVE)
             os.chroot(".")
         else:
             old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)

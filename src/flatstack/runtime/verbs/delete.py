@@ -43,6 +43,10 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
             for failure in run_hooks({"hooks": {"poststop": hooks}}, "poststop", state,
                                      strict=False):
                 os.write(2, f"flatrun: warning: {failure}\n".encode())
+        if container.data.get("userns_pool"):
+            from flatstack.runtime.userns_pool import release
+
+            release(container.data["userns_pool"])
         container.remove_dir()
     finally:
         container.unlock()

@@ -148,17 +148,9 @@ def main() -> int:
             if not shutil.which(argv[0]) and not os.path.exists(argv[0]):
                 print(f"skipping {name}: {argv[0]} is not installed")
                 continue
-            if name == "flatrun-userns":
-                # The rootfs must be readable by the mapped ids: give it its own copy.
-                user_rootfs = work / "rootfs-userns"
-                shutil.copytree(rootfs, user_rootfs, symlinks=True)
-                maps = config["linux"]["uidMappings"][0]
-                for dirpath, _dirnames, filenames in os.walk(user_rootfs):
-                    for entry in [dirpath, *[os.path.join(dirpath, f) for f in filenames]]:
-                        os.lchown(entry, maps["hostID"], maps["hostID"])
-                bundle = _bundle(work, name, str(user_rootfs), config)
-            else:
-                bundle = _bundle(work, name, rootfs, config)
+            # flatrun-userns: a host id range per container and an idmapped rootfs
+            # (no chowned copy of the image needed).
+            bundle = _bundle(work, name, rootfs, config)
             available[name] = Runtime(name, argv, bundle, str(work / f"state-{name}"),
                                       preexec)
         samples: dict[str, dict[str, list[float]]] = {

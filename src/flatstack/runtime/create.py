@@ -264,6 +264,10 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
                 run_hooks(config, "prestart", state)
                 run_hooks(config, "createRuntime", state)
                 parent_end.send("hooks-done")
+            elif tag == "seccomp-listener":
+                relay_seccomp_listener(config, dict(plan.hook_state, pid=init_pid), init_pid,
+                                       payload)
+                parent_end.send("seccomp-done")
             elif tag == "created":
                 break
             elif tag == "error":
@@ -282,6 +286,16 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
         write_pid_file(opts.pid_file, init_pid)
     cleanup.pids.clear()
     cleanup.cgroup = None
+
+
+def relay_seccomp_listener(config: dict[str, Any], state: dict[str, Any], pid: int,
+                           remote_fd: int) -> None:
+    """Pass the container's seccomp notify fd to the agent at linux.seccomp.listenerPath."""
+    from flatstack.runtime import seccomp
+
+    sec = (config.get("linux") or {}).get("seccomp") or {}
+    seccomp.relay_listener(pid, remote_fd, sec["listenerPath"], state,
+                           sec.get("listenerMetadata", ""))
 
 
 def _wants_idmapped_trees(config: dict[str, Any]) -> bool:

@@ -171,8 +171,6 @@ def preload(plan: LaunchPlan) -> None:
     if plan.seccomp_bpf is not None:
         from flatstack.runtime import seccomp  # noqa: F401
 
-        if (plan.linux.get("seccomp") or {}).get("listenerPath"):
-            import socket  # noqa: F401
     if (config.get("hooks") or {}).get("startContainer") or (config.get("hooks") or {}).get(
             "createContainer"):
         import subprocess  # noqa: F401
@@ -292,6 +290,10 @@ def finish_process(plan: LaunchPlan) -> None:
     path = resolve_executable(process["args"], env)
     cap_plan = pa.prepare_capabilities(process.get("capabilities"))
     nnp = bool(process.get("noNewPrivileges"))
+    # A notify listener is handed over by the runtime before "created" (runc's order);
+    # otherwise, with no_new_privs, the filter goes on as late as possible.
+    early_seccomp = plan.seccomp_bpf is not None and (
+        not nnp or bool((linux.get("seccomp") or {}).get("listenerPath")))
     if plan.seccomp_bpf is not None and not nnp:
         _install_seccomp(plan)
     pa.drop_bounding(cap_plan)
@@ -299,6 +301,8 @@ def finish_process(plan: LaunchPlan) -> None:
     pa.apply_final_caps(cap_plan)
     if nnp:
         proc.set_no_new_privs()
+        if early_seccomp:
+            _install_seccomp(plan)
     channel.send("created" if not plan.is_exec else "started", os.getpid())
     channel.close()
     if plan.fifo_fd >= 0:
@@ -308,7 +312,7 @@ def finish_process(plan: LaunchPlan) -> None:
 
             run_hooks(plan.config, "startContainer",
                       dict(plan.hook_state, pid=os.getpid(), status="created"))
-    if plan.seccomp_bpf is not None and nnp:
+    if plan.seccomp_bpf is not None and not early_seccomp:
         _install_seccomp(plan)
     _seal_fds(plan.preserve_fds)
     try:
@@ -339,12 +343,10 @@ def _install_seccomp(plan: LaunchPlan) -> None:
     assert plan.seccomp_bpf is not None
     listener = seccomp.install_filter(plan.seccomp_bpf, plan.seccomp_flags)
     if listener:
-        sec = plan.linux.get("seccomp") or {}
-        from flatstack import _fastjson
-
-        state = dict(plan.hook_state, pid=os.getpid())
-        seccomp.send_listener(listener, sec["listenerPath"], _fastjson.dumps(state).encode(),
-                              sec.get("listenerMetadata", ""))
+        # The runtime takes the fd with pidfd_getfd and sends it to listenerPath: the
+        # path is a host path, out of reach after pivot_root.
+        plan.channel.send("seccomp-listener", listener)
+        plan.channel.expect("seccomp-done")
         os.close(listener)
 
 

@@ -83,7 +83,7 @@ FLAG_WAIT_KILLABLE_RECV = 32
 #: Syscalls SCMP_ACT_NOTIFY may not trap: the runtime makes them after the filter
 #: is loaded and before anyone reads the listener (runc forbids ``write``).
 NOTIFY_FORBIDDEN = frozenset({
-    "write", "writev", "sendmsg", "sendto", "socket", "connect",
+    "write", "writev", "read", "close", "sendmsg", "sendto", "socket", "connect",
     "brk", "mmap", "munmap", "futex",
 })
 
@@ -575,6 +575,31 @@ def _install_reason(errno: int, flags: int) -> str:
     if errno == 22:  # EINVAL
         return f"{reason} (flags {flags:#x} or the program were refused by this kernel)"
     return reason
+
+
+def relay_listener(pid: int, remote_fd: int, listener_path: str, state: dict[str, Any],
+                   metadata: str) -> None:
+    """Take the notify fd ``remote_fd`` out of process ``pid`` (pidfd_getfd) and hand it
+    to the agent at ``listener_path``, resolved in the runtime's (host) mount namespace."""
+    from flatstack import _fastjson
+
+    try:
+        pidfd = syscall("pidfd_open", pid, 0, detail=str(pid))
+    except KernelError as err:
+        raise SeccompError(f"{_FIELD}.listenerPath: cannot reach the container process: "
+                           f"{os.strerror(err.errno).lower()}") from None
+    try:
+        try:
+            fd = syscall("pidfd_getfd", pidfd, remote_fd, 0, detail=str(pid))
+        except KernelError as err:
+            raise SeccompError(f"{_FIELD}.listenerPath: cannot take the listener from the "
+                               f"container: {os.strerror(err.errno).lower()}") from None
+    finally:
+        os.close(pidfd)
+    try:
+        send_listener(fd, listener_path, _fastjson.dumps(state).encode(), metadata)
+    finally:
+        os.close(fd)
 
 
 def send_listener(fd: int, listener_path: str, state_json: bytes, metadata: str) -> None:

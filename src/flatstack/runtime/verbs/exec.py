@@ -153,7 +153,24 @@ def exec_process(opts: ExecOptions) -> int:
             cgroup.add_pid(first)
         parent_end.send("cgroup")
         pid = int(parent_end.expect("pid"))
-        parent_end.expect("started")
+        while True:
+            tag, payload = parent_end.recv()
+            if tag == "seccomp-listener":
+                from flatstack.runtime.create import relay_seccomp_listener
+
+                state = {"ociVersion": container.data.get("ociVersion", "1.2.0"),
+                         "id": container.id, "status": "running", "pid": container.pid,
+                         "bundle": container.data.get("bundle", ""),
+                         "annotations": container.data.get("annotations") or {}}
+                relay_seccomp_listener({"linux": {"seccomp": plan.linux.get("seccomp")}},
+                                       state, pid, payload)
+                parent_end.send("seccomp-done")
+            elif tag == "started":
+                break
+            elif tag == "error":
+                raise FlatstackError(payload)
+            else:
+                raise FlatstackError(f"internal error: unexpected {tag!r} from exec process")
     except BaseException:
         for victim in (pid, first):
             if victim:

@@ -36,6 +36,35 @@ def connect_console_socket(path: str) -> int:
     return sock.detach()
 
 
+def console_pair() -> tuple[int, int]:
+    """A connected socket pair standing in for --console-socket: (init's end, ours)."""
+    import _socket
+
+    a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    ours = b.detach()
+    os.set_inheritable(ours, False)
+    return a.detach(), ours
+
+
+def receive_master(sock_fd: int) -> int:
+    """Receive the pty master the init sends over a console socket."""
+    import _socket
+    import array
+
+    sock = _socket.socket(fileno=sock_fd)
+    try:
+        fds = array.array("i")
+        _msg, ancillary, _flags, _addr = sock.recvmsg(4096, _socket.CMSG_SPACE(4))
+        for level, kind, data in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    finally:
+        sock.close()
+    if not fds:
+        raise FlatstackError("process.terminal: the container sent no terminal")
+    return fds[0]
+
+
 def open_pty() -> tuple[int, int, str]:
     """Open a new pty pair from the container's /dev/ptmx: (master, slave, slave path)."""
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)

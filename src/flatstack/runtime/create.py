@@ -37,6 +37,9 @@ class CreateOptions:
         self.no_pivot = no_pivot
         self.no_new_keyring = no_new_keyring
         self.systemd_cgroup = systemd_cgroup
+        #: Foreground ``run``: with a terminal and no --console-socket, flatrun keeps
+        #: the pty master itself (``Container.console_peer`` receives it).
+        self.internal_console = False
 
 
 def check_runtime_requirements(config: dict[str, Any]) -> None:
@@ -220,12 +223,17 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
     plan.hook_state = {"ociVersion": container.data["ociVersion"], "id": container.id,
                        "status": "creating", "bundle": opts.bundle, "annotations": annotations}
     if (config.get("process") or {}).get("terminal"):
-        if not opts.console_socket:
+        if opts.console_socket:
+            from flatstack.runtime.console import connect_console_socket
+
+            plan.console_fd = connect_console_socket(opts.console_socket)
+        elif opts.internal_console:
+            from flatstack.runtime.console import console_pair
+
+            plan.console_fd, container.console_peer = console_pair()
+        else:
             raise FlatstackError("process.terminal: a terminal needs --console-socket "
                                  "(or use 'run' without --detach)")
-        from flatstack.runtime.console import connect_console_socket
-
-        plan.console_fd = connect_console_socket(opts.console_socket)
     clone_all = (not rootless and bool(plan.new_flags & ns.CLONE_NEWUSER)
                  and bool(plan.new_flags & ns.CLONE_NEWNS))
     if clone_all or _wants_idmapped_trees(config):

@@ -72,6 +72,7 @@ class Container:
         self.dir = os.path.join(root, container_id)
         self.data = data
         self._lock_fd: int | None = None
+        self.console_peer = -1  # foreground run's end of the console socket pair
 
     # -- loading and saving -------------------------------------------------
     @classmethod

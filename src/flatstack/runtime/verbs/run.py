@@ -11,17 +11,27 @@ from flatstack.runtime.verbs.start import start
 
 def run(opts: CreateOptions, *, detach: bool = False, keep: bool = False) -> int:
     """Run a container; returns its exit status when not detached."""
+    opts.internal_console = not detach and not opts.console_socket
     container = create(opts, subreaper=not detach)
     container.unlock()
     pid = container.pid
-    forwarder = None if detach else _forward_signals(pid)
+    master = -1
     try:
+        if container.console_peer >= 0:
+            from flatstack.runtime.console import receive_master
+
+            master = receive_master(container.console_peer)
+        forwarder = None if detach else _forward_signals(pid, master)
         start(opts.root, opts.container_id)
     except BaseException:
         delete(opts.root, opts.container_id, force=True)
         raise
     if detach:
         return 0
+    if master >= 0:
+        from flatstack.runtime.tty_proxy import proxy
+
+        proxy(master)
     status = wait_for(pid)
     if forwarder:
         forwarder()
@@ -45,7 +55,8 @@ def wait_for(pid: int) -> int:
             return os.WEXITSTATUS(status)
 
 
-def _forward_signals(pid: int):
+def _forward_signals(pid: int, master: int = -1):
+    """Relay signals to the container; with a pty, SIGWINCH resizes it instead."""
     import signal
 
     forwarded = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
@@ -53,6 +64,11 @@ def _forward_signals(pid: int):
     previous = {}
 
     def relay(signum: int, _frame: object) -> None:
+        if signum == signal.SIGWINCH and master >= 0:
+            from flatstack.runtime.tty_proxy import copy_winsize
+
+            copy_winsize(0, master)
+            return
         try:
             os.kill(pid, signum)
         except ProcessLookupError:

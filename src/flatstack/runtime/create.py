@@ -347,6 +347,7 @@ def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,
                           systemd=opts.systemd_cgroup)
     if manager is None:
         return None
+    wanted = list(manager.paths)
     try:
         manager.create()
         resources = dict(linux.get("resources") or {})
@@ -356,7 +357,23 @@ def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,
     except BaseException:
         manager.destroy()
         raise
+    if rootless:
+        return _delegated_only(manager, wanted)
     return manager
+
+
+def _delegated_only(manager: Any, wanted: list[str]) -> Any:
+    """Rootless: warn about the hierarchies this user may not write (create() left
+    them out); None when none is left, so the container runs without a cgroup."""
+    skipped = [key or "unified" for key in wanted if key not in manager.paths]
+    if skipped:
+        os.write(2, f"flatrun: warning: cgroups not delegated to uid {os.geteuid()}: "
+                    f"skipped {', '.join(skipped)} (no resource limits, pause or stats "
+                    "there)\n".encode())
+    if manager.paths:
+        return manager
+    manager.destroy()
+    return None
 
 
 def write_pid_file(path: str, pid: int) -> None:

@@ -18,10 +18,8 @@ def _lines(mappings: list[dict[str, Any]]) -> str:
 def write_maps(pid: int, uid_maps: list[dict[str, Any]], gid_maps: list[dict[str, Any]]) -> None:
     """Write /proc/<pid>/{uid,gid}_map; use newuidmap/newgidmap when unprivileged."""
     privileged = os.geteuid() == 0
-    single_self = (
-        len(uid_maps) == 1 and uid_maps[0]["hostID"] == os.geteuid() and uid_maps[0]["size"] == 1
-        and len(gid_maps) <= 1
-    )
+    # An unprivileged user may write a map itself only when it maps just its own id.
+    single_self = _only(uid_maps, os.geteuid()) and (not gid_maps or _only(gid_maps, os.getegid()))
     if privileged or single_self:
         if not privileged:
             _write(f"/proc/{pid}/setgroups", "deny", "linux.gidMappings")
@@ -32,6 +30,10 @@ def write_maps(pid: int, uid_maps: list[dict[str, Any]], gid_maps: list[dict[str
     _helper("newuidmap", pid, uid_maps, "linux.uidMappings")
     if gid_maps:
         _helper("newgidmap", pid, gid_maps, "linux.gidMappings")
+
+
+def _only(mappings: list[dict[str, Any]], host_id: int) -> bool:
+    return len(mappings) == 1 and mappings[0]["hostID"] == host_id and mappings[0]["size"] == 1
 
 
 def _write(path: str, text: str, field: str) -> None:

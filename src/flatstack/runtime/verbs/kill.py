@@ -21,6 +21,15 @@ def kill(root: str, container_id: str, signal: str = "SIGTERM", *, all_: bool = 
 
         manager_from_state(container.data["cgroup"]).kill_all(number)
         return
+    if all_:  # no cgroup (rootless without delegation): the init's process tree
+        from flatstack.runtime.verbs.query import process_tree
+
+        for pid in process_tree(container.pid):
+            try:
+                os.kill(pid, number)
+            except ProcessLookupError:
+                pass
+        return
     try:
         os.kill(container.pid, number)
     except ProcessLookupError:

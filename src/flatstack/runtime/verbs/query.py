@@ -56,7 +56,28 @@ def container_pids(root: str, container_id: str) -> list[int]:
         from flatstack.runtime.cgroups import manager_from_state
 
         return sorted(manager_from_state(cg).pids())
-    return [container.pid]
+    return sorted(process_tree(container.pid))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc/*/task/*/children: a container without a
+    cgroup (rootless, not delegated) has no other list of its processes."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        found.append(current)
+        for tid in tids:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+            except OSError:
+                pass
+    return found
 
 
 def ps(root: str, container_id: str, fmt: str = "table", ps_args: list[str] | None = None

@@ -12,8 +12,9 @@ from flatstack.oci.config import validate_config
 from flatstack.oci.defaults import default_spec
 from flatstack.oci.seccomp_profile import default_profile
 
-DOCKER_CAPS = {
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+#: Docker's 14 less CAP_NET_RAW (dropped as podman >= 4.4 and Kubernetes' baseline do).
+DEFAULT_CAPS = {
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }
@@ -46,13 +47,14 @@ def test_default_spec_is_hardened() -> None:
     assert process["noNewPrivileges"] is True
     caps = process["capabilities"]
     for key in ("bounding", "effective", "permitted"):
-        assert set(caps[key]) == DOCKER_CAPS and len(caps[key]) == 14
+        assert set(caps[key]) == DEFAULT_CAPS and len(caps[key]) == 13
     assert caps["inheritable"] == [] and caps["ambient"] == []
     assert process["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
     assert _ns(spec) == ["pid", "network", "ipc", "uts", "mount", "cgroup"]
     linux = spec["linux"]
     assert linux["resources"] == {"devices": [{"allow": False, "access": "rwm"}],
-                                  "pids": {"limit": 4096}}
+                                  "pids": {"limit": 4096},
+                                  "memory": {"limit": 1 << 30, "swap": 1 << 30}}
     assert linux["seccomp"] == default_profile()
     assert {"/proc/kcore", "/proc/interrupts", "/sys/firmware", "/proc/sched_debug",
             "/sys/devices/virtual/powercap"} <= set(linux["maskedPaths"])
@@ -92,7 +94,8 @@ def test_rootless_follows_runc() -> None:
     assert linux["gidMappings"] == [{"containerID": 0, "hostID": os.getegid(), "size": 1}]
     assert "resources" not in linux
     assert _mount(spec, "/sys") == {"destination": "/sys", "type": "none", "source": "/sys",
-                                    "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
+                                    "options": ["rbind", "nosuid", "noexec", "nodev", "ro",
+                                                "rro"]}
     assert _mount(spec, "/sys/fs/cgroup") is None
     devpts = _mount(spec, "/dev/pts")
     assert devpts is not None
@@ -109,4 +112,5 @@ def test_userns() -> None:
     assert spec["annotations"] == {"org.flatstack.userns": "auto",
                                    "org.flatstack.rootfs.idmap": "true"}
     assert linux["resources"]["pids"] == {"limit": 4096}
+    assert linux["resources"]["memory"] == {"limit": 1 << 30, "swap": 1 << 30}
     assert _mount(spec, "/sys/fs/cgroup") is not None

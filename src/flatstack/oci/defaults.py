@@ -1,8 +1,9 @@
 """The config.json that ``flatrun spec`` writes: runc's example, hardened.
 
-Compared with ``runc spec``: Docker's 14 default capabilities instead of 3
-(none inheritable or ambient), flatstack's seccomp allowlist, a cgroup
-namespace, a pids limit, and podman's longer list of masked paths.
+Compared with ``runc spec``: Docker's default capabilities less
+``CAP_NET_RAW`` (13) instead of 3 (none inheritable or ambient), flatstack's
+seccomp allowlist, a cgroup namespace, pids and memory limits, and podman's
+longer list of masked paths.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-#: Docker's default capability set (14): nothing beyond it.
+#: Docker's default capability set without CAP_NET_RAW (13), as podman >= 4.4 and
+#: Kubernetes' baseline pod security standard: raw and packet sockets let a container
+#: spoof ARP/IPv6 router advertisements on a shared bridge and reach AF_PACKET kernel
+#: bugs (CVE-2020-14386).  ICMP ping still works through datagram sockets where
+#: ``net.ipv4.ping_group_range`` allows it (an engine sets that, as Docker does).
 DEFAULT_CAPABILITIES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 )
@@ -30,6 +35,10 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 #: (runtime/userns_pool.py) and an idmapped root filesystem (runtime/idmapped.py).
 USERNS_ANNOTATIONS = {"org.flatstack.userns": "auto", "org.flatstack.rootfs.idmap": "true"}
 PIDS_LIMIT = 4096
+#: A fence, not a size: a memory bomb is OOM-killed inside its cgroup long before the
+#: host runs short.  Memory+swap equals it, so the container cannot spill into swap
+#: either.  Raise it per container (config or ``flatrun update --memory``).
+MEMORY_LIMIT = 1 << 30
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -51,8 +60,10 @@ def _mounts(rootless: bool) -> list[dict[str, Any]]:
     if rootless:
         # sysfs and cgroupfs cannot be mounted without a network namespace the
         # user namespace owns; bind the host's /sys (with /sys/fs/cgroup) read-only.
+        # "ro" alone leaves the submounts (the host's cgroupfs) writable, the hole
+        # of CVE-2023-25809; "rro" makes the whole tree read-only.
         mounts.append({"destination": "/sys", "type": "none", "source": "/sys",
-                       "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})
+                       "options": ["rbind", "nosuid", "noexec", "nodev", "ro", "rro"]})
     else:
         mounts.append({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                        "options": ["nosuid", "noexec", "nodev", "ro"]})
@@ -69,10 +80,11 @@ def default_spec(*, rootless: bool = False, args: list[str] | None = None,
                  userns: bool = False) -> dict[str, Any]:
     """A runtime-spec 1.2 config for ``flatrun spec``, hardened by default.
 
-    Docker's 14 capabilities (bounding, effective, permitted), no_new_privs,
-    the default seccomp allowlist, masked and read-only /proc paths, a pids
-    limit of 4096 and a deny-all device rule (the runtime always allows the
-    standard /dev nodes), pid/network/ipc/uts/mount/cgroup namespaces.
+    Docker's capabilities less CAP_NET_RAW (bounding, effective, permitted),
+    no_new_privs, the default seccomp allowlist, masked and read-only /proc
+    paths, a pids limit of 4096, a 1 GiB memory limit with no swap, a deny-all
+    device rule (the runtime always allows the standard /dev nodes),
+    pid/network/ipc/uts/mount/cgroup namespaces.
 
     ``rootless`` follows ``runc spec --rootless``: a user namespace mapping
     container root to the caller's effective uid/gid (size 1), no network
@@ -101,7 +113,8 @@ def default_spec(*, rootless: bool = False, args: list[str] | None = None,
         linux["gidMappings"] = _mapping(os.getegid(), 1)
     else:
         linux["resources"] = {"devices": [{"allow": False, "access": "rwm"}],
-                              "pids": {"limit": PIDS_LIMIT}}
+                              "pids": {"limit": PIDS_LIMIT},
+                              "memory": {"limit": MEMORY_LIMIT, "swap": MEMORY_LIMIT}}
         if userns:
             linux["namespaces"].append({"type": "user"})
     spec: dict[str, Any] = {

@@ -163,6 +163,9 @@ def preload(plan: LaunchPlan) -> None:
 
     config = plan.config
     process = plan.process
+    if plan.new_flags & ns.CLONE_NEWNET:
+        import _socket
+        import fcntl  # noqa: F401
     if process.get("terminal"):
         import _socket  # noqa: F401
         import array  # noqa: F401
@@ -189,6 +192,8 @@ def stage_two(plan: LaunchPlan) -> None:
         process = plan.process
         if plan.new_flags & ns.CLONE_NEWUTS:
             _set_names(config)
+        if plan.new_flags & ns.CLONE_NEWNET:
+            _loopback_up()
         from flatstack.runtime.rootfs import RootfsBuilder
 
         builder = RootfsBuilder(config, plan.rootfs, plan.bundle, in_userns=plan.in_userns,
@@ -213,6 +218,26 @@ def stage_two(plan: LaunchPlan) -> None:
         finish_process(plan)
     except BaseException as err:
         _fail(channel, err)
+
+
+def _loopback_up() -> None:
+    """Bring ``lo`` up in a new network namespace, as runc and crun do."""
+    import _socket
+    import fcntl
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
+        request = bytearray(b"lo".ljust(40, b"\0"))  # struct ifreq
+        fcntl.ioctl(sock.fileno(), siocgifflags, request)
+        flags = int.from_bytes(request[16:18], "little") | iff_up
+        request[16:18] = flags.to_bytes(2, "little")
+        fcntl.ioctl(sock.fileno(), siocsifflags, request)
+    except OSError as err:
+        raise FlatstackError(f"linux.namespaces: network: bringing up lo: "
+                             f"{os.strerror(err.errno or 0).lower()}") from None
+    finally:
+        sock.close()
 
 
 def _set_names(config: dict[str, Any]) -> None:

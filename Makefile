@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 	@scripts/install-launcher.sh
 
-$(STAMP): pyproject.toml scripts/install-deps.sh
+$(STAMP): pyproject.toml scripts/install-deps.sh Makefile
 	@scripts/install-deps.sh $(APT_PACKAGES)
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'

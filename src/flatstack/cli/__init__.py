@@ -1,0 +1,1 @@
+"""The ``flatstack`` command line (typer + rich)."""

@@ -118,7 +118,7 @@ def test_containers_outlive_a_killed_daemon(node: Node, make_bundle: Bundles,
     assert daemon.stdout is not None
     supervisor = int(daemon.stdout.readline())
     go = tmp_path / "go"
-    bundle = make_bundle(["sh", "-c", f"while [ ! -e /go/go ]; do sleep 0.05; done; exit 3"],
+    bundle = make_bundle(["sh", "-c", "while [ ! -e /go/go ]; do sleep 0.05; done; exit 3"],
                          edit=lambda c: c["mounts"].append(
                              {"destination": "/go", "type": "bind", "source": str(tmp_path),
                               "options": ["rbind", "ro"]}))
@@ -150,7 +150,7 @@ def test_bad_requests_leave_nothing(node: Node, make_bundle: Bundles, tmp_path: 
     node.spawn()
     with pytest.raises(FlatstackError, match="unknown request 'explode'"):
         node.client.call("explode")
-    with pytest.raises(FlatstackError, match="config.json not found"):
+    with pytest.raises(FlatstackError, match=r"config\.json not found"):
         node.start("broken", str(tmp_path))
     assert node.client.call("list") == []
     assert not os.path.exists(os.path.join(node.runtime_root, "broken"))

@@ -114,3 +114,26 @@ def move_mount(from_fd: int, from_path: str, to_fd: int, to_path: str, flags: in
     """move_mount(2): attach (or move) a mount; fds with *_EMPTY_PATH flags."""
     syscall("move_mount", from_fd, fsencode(from_path), to_fd, fsencode(to_path), flags,
             detail=to_path or fd_path(to_fd))
+
+
+FSOPEN_CLOEXEC = 1
+FSMOUNT_CLOEXEC = 1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+
+
+def fsopen(fstype: str) -> int:
+    """fsopen(2): a filesystem context to configure with :func:`fsconfig`."""
+    return syscall("fsopen", fsencode(fstype), FSOPEN_CLOEXEC, detail=fstype)
+
+
+def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | None = None) -> None:
+    """fsconfig(2): set one parameter, or (FSCONFIG_CMD_CREATE) create the superblock."""
+    syscall("fsconfig", fs_fd, cmd, fsencode(key), fsencode(value), 0,
+            detail=f"{key}={value}" if key else "create")
+
+
+def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
+    """fsmount(2): a detached mount of the created superblock."""
+    return syscall("fsmount", fs_fd, FSMOUNT_CLOEXEC, attr_flags)

@@ -185,3 +185,8 @@ def prepare_trees(config: dict[str, Any], rootfs: str, bundle: str, *,
 def attach(tree_fd: int, target_fd: int) -> None:
     """Attach a detached tree on the directory or file ``target_fd`` (an O_PATH fd)."""
     m.move_mount(tree_fd, "", target_fd, "", m.MOVE_MOUNT_F_EMPTY_PATH | m.MOVE_MOUNT_T_EMPTY_PATH)
+
+
+def attach_at(tree_fd: int, path: str) -> None:
+    """Attach a detached tree on the host path ``path``."""
+    m.move_mount(tree_fd, "", -100, path, m.MOVE_MOUNT_F_EMPTY_PATH)

@@ -38,7 +38,8 @@ def test_hooks_order_and_state(flatrun: Flatrun, make_bundle: Bundles, tmp_path:
     lines = record.read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["prestart", "createRuntime"]
     state = json.loads(lines[0].split(" ", 1)[1])
-    assert state == {"status": "creating", "pid": pid, "id": cid}
+    # "created", as crun and runtime-tools' hooks_stdin expect (runc says "creating").
+    assert state == {"status": "created", "pid": pid, "id": cid}
     flatrun("start", cid)
     lines = record.read_text().splitlines()
     assert lines[-1].split()[0] == "poststart"

@@ -107,6 +107,7 @@ def test_delete_refuses_running_without_force(flatrun: Flatrun, make_bundle: Bun
 
 
 def test_delete_created_container(flatrun: Flatrun, make_bundle: Bundles) -> None:
+    """runc (and containerd's shim) delete a created container without --force."""
     bundle = make_bundle(["true"])
     cid = flatrun.new_id()
     flatrun("create", "-b", bundle, cid)

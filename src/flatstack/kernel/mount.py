@@ -76,6 +76,13 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
                    ctypes.sizeof(how), detail=path)
 
 
+def fstatfs_type(fd: int) -> int:
+    """``f_type`` of the filesystem ``fd`` is on (fstatfs(2))."""
+    buf = ctypes.create_string_buffer(128)  # struct statfs; f_type is the first long
+    check(libc.fstatfs(fd, buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value
+
+
 def fd_path(fd: int) -> str:
     """A path that names what ``fd`` refers to, for calls that take paths."""
     return f"/proc/self/fd/{fd}"

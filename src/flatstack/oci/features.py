@@ -2,7 +2,8 @@
 
 Shape: runtime-spec 1.2 ``features.md`` and ``features-linux.md``.  The
 document describes what this build of flatrun implements, not what the host
-offers, so nothing here probes the machine.
+offers; the one probe is the kernel's Landlock ABI (one syscall), advertised as
+``org.flatstack.landlock`` the way runc advertises its libseccomp version.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ def features() -> dict[str, Any]:
         },
         "annotations": {"org.flatstack.runtime.version": __version__,
                         "org.flatstack.userns": "auto, auto:size=N",
-                        "org.flatstack.rootfs.idmap": "true, false"},
+                        "org.flatstack.rootfs.idmap": "true, false",
+                        "org.flatstack.landlock": str(_landlock_abi())},
         "potentiallyUnsafeConfigAnnotations": [],
     }
+
+
+def _landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 when the kernel has no (enabled) Landlock."""
+    from flatstack.errors import FlatstackError
+    from flatstack.runtime.landlock import abi_version
+
+    try:
+        return abi_version()
+    except FlatstackError:
+        return 0

@@ -68,6 +68,11 @@ def receive_master(sock_fd: int) -> int:
 def open_pty() -> tuple[int, int, str]:
     """Open a new pty pair from the container's /dev/ptmx: (master, slave, slave path)."""
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    st = os.fstat(master)
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(5, 2):
+        # CVE-2025-52565: /dev/ptmx planted as a symlink to some other file.
+        os.close(master)
+        raise FlatstackError("/dev/ptmx is not the pty multiplexer (5:2); refusing to use it")
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
     number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
     path = f"/dev/pts/{number}"
@@ -109,12 +114,19 @@ def setup_console(sock_fd: int, size: dict[str, int] | None, mount_console: bool
         try:
             fd = m.openat2(-100, "/dev/console", os.O_PATH | os.O_NOFOLLOW, 0,
                            m.RESOLVE_NO_SYMLINKS)
-        except Exception:
+        except Exception as err:
+            if getattr(err, "errno", 0) == 40:  # ELOOP. CVE-2025-52565
+                raise FlatstackError("/dev/console is a symlink; refusing to mount the "
+                                     "console over it") from None
             created = os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW
                               | os.O_CLOEXEC, 0o600)
             os.close(created)
             fd = m.openat2(-100, "/dev/console", os.O_PATH | os.O_NOFOLLOW, 0,
                            m.RESOLVE_NO_SYMLINKS)
+        if stat.S_ISLNK(os.fstat(fd).st_mode):  # O_PATH|O_NOFOLLOW opened the link itself
+            os.close(fd)
+            raise FlatstackError("/dev/console is a symlink; refusing to mount the console "
+                                 "over it")
         try:
             m.mount(f"/proc/self/fd/{slave}", m.fd_path(fd), None, m.MS_BIND)
         finally:

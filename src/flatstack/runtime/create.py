@@ -42,6 +42,18 @@ class CreateOptions:
         self.internal_console = False
 
 
+def _is_own_uts(path: str | None) -> bool:
+    """Whether a uts namespace to join is the runtime's own (the host's, usually):
+    a joined namespace of another container may be renamed, as runc and crun do."""
+    if not path:
+        return False
+    try:
+        joined, own = os.stat(path), os.stat("/proc/self/ns/uts")
+    except OSError:
+        return False  # joining it fails later with a clear error
+    return (joined.st_dev, joined.st_ino) == (own.st_dev, own.st_ino)
+
+
 def check_runtime_requirements(config: dict[str, Any]) -> None:
     """Spec requirements the runtime enforces beyond the config's shape."""
     linux = config.get("linux") or {}
@@ -51,12 +63,11 @@ def check_runtime_requirements(config: dict[str, Any]) -> None:
     process = config.get("process")
     if not process or not process.get("args"):
         raise FlatstackError("process.args: required to create a container")
-    if config.get("hostname") is not None and ("uts" not in types or types["uts"].get("path")):
-        raise FlatstackError("hostname: setting a hostname needs a new uts namespace")
-    if config.get("domainname") is not None and (
-        "uts" not in types or types["uts"].get("path")
-    ):
-        raise FlatstackError("domainname: setting a domainname needs a new uts namespace")
+    for field in ("hostname", "domainname"):
+        if config.get(field) is not None and ("uts" not in types
+                                              or _is_own_uts(types["uts"].get("path"))):
+            raise FlatstackError(f"{field}: setting a {field} needs a uts namespace other "
+                                 "than the runtime's own")
     user_ns = types.get("user")
     if user_ns is not None and not user_ns.get("path") and not linux.get("uidMappings"):
         raise FlatstackError("linux.uidMappings: a new user namespace needs uid mappings")
@@ -78,13 +89,21 @@ def check_runtime_requirements(config: dict[str, Any]) -> None:
                                  "it would change the host")
     if linux.get("timeOffsets") and "time" not in types:
         raise FlatstackError("linux.timeOffsets: needs a time namespace")
+    # A host without the LSM cannot confine anything: like crun (and runc for SELinux)
+    # the field is then a no-op, said on stderr; runtime-tools' apparmor test expects it.
     if (process.get("apparmorProfile") and
             not os.path.exists("/sys/kernel/security/apparmor")):
-        raise FlatstackError("process.apparmorProfile: AppArmor is not enabled on this host")
+        os.write(2, b"flatrun: warning: process.apparmorProfile: AppArmor is not enabled "
+                    b"on this host, the profile is not applied\n")
     if process.get("selinuxLabel") and not os.path.exists("/sys/fs/selinux/enforce"):
-        raise FlatstackError("process.selinuxLabel: SELinux is not enabled on this host")
+        os.write(2, b"flatrun: warning: process.selinuxLabel: SELinux is not enabled "
+                    b"on this host, the label is not applied\n")
     if linux.get("intelRdt"):
         raise FlatstackError("linux.intelRdt: Intel RDT is not supported")
+    if "org.flatstack.landlock" in (config.get("annotations") or {}):
+        from flatstack.runtime.landlock import compile_policy
+
+        compile_policy(config)  # a bad policy fails here, before anything is made
 
 
 def default_device_rules(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -219,6 +238,10 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
     plan.no_pivot = opts.no_pivot
     plan.seccomp_bpf = bpf
     plan.seccomp_flags = sec_flags
+    if "org.flatstack.landlock" in annotations:
+        from flatstack.runtime.landlock import compile_policy
+
+        plan.landlock = compile_policy(config)
     plan.cgroup_paths = dict(getattr(cgroup, "paths", {}) or {}) if cgroup else {}
     plan.hook_state = {"ociVersion": container.data["ociVersion"], "id": container.id,
                        "status": "creating", "bundle": opts.bundle, "annotations": annotations}
@@ -259,7 +282,10 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
         cleanup.pids = [init_pid]
         if cgroup is not None:
             cgroup.add_pid(init_pid)
-        parent_end.send("cgroup")
+        try:
+            parent_end.send("cgroup")
+        except BrokenPipeError:
+            pass  # the init already failed and exited: its error is read below
         container.data["pid"] = init_pid
         container.data["pid_start"] = process_start_time(init_pid)
         container.save()
@@ -268,7 +294,8 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
             if tag == "hooks":
                 from flatstack.runtime.hooks import run_hooks
 
-                state = dict(plan.hook_state, pid=init_pid)
+                # runc, crun and runtime-tools' hooks_stdin report "created" here.
+                state = dict(plan.hook_state, pid=init_pid, status="created")
                 run_hooks(config, "prestart", state)
                 run_hooks(config, "createRuntime", state)
                 parent_end.send("hooks-done")

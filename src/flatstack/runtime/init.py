@@ -59,6 +59,7 @@ class LaunchPlan:
         self.is_exec = False
         self.close_in_child: list[int] = []
         self.mount_trees: dict[str, int] = {}  # idmapped detached trees, made by the parent
+        self.landlock: Any = None  # runtime.landlock.Policy, checked by the parent
 
 
 def _fail(channel: Channel, err: BaseException) -> None:
@@ -163,6 +164,8 @@ def preload(plan: LaunchPlan) -> None:
 
     config = plan.config
     process = plan.process
+    if process.get("oomScoreAdj") is not None:  # process_attrs writes it via rootfs
+        from flatstack.runtime import rootfs  # noqa: F401
     if plan.new_flags & ns.CLONE_NEWNET:
         import _socket
         import fcntl  # noqa: F401
@@ -173,6 +176,8 @@ def preload(plan: LaunchPlan) -> None:
         from flatstack.runtime import console  # noqa: F401
     if plan.seccomp_bpf is not None:
         from flatstack.runtime import seccomp  # noqa: F401
+    if plan.landlock is not None:
+        from flatstack.runtime import landlock  # noqa: F401
 
     if (config.get("hooks") or {}).get("startContainer") or (config.get("hooks") or {}).get(
             "createContainer"):
@@ -190,7 +195,7 @@ def stage_two(plan: LaunchPlan) -> None:
         config = plan.config
         linux = plan.linux
         process = plan.process
-        if plan.new_flags & ns.CLONE_NEWUTS:
+        if plan.new_flags & ns.CLONE_NEWUTS or any(f == ns.CLONE_NEWUTS for f, _ in plan.joins):
             _set_names(config)
         if plan.new_flags & ns.CLONE_NEWNET:
             _loopback_up()
@@ -201,6 +206,7 @@ def stage_two(plan: LaunchPlan) -> None:
                                 mount_trees=plan.mount_trees)
         builder.prepare()
         if plan.wants_parent_hooks:
+            gate()  # the parent sends "cgroup" first; prestart hooks see the cgroup
             channel.send("hooks")
             channel.expect("hooks-done")
         if (config.get("hooks") or {}).get("createContainer"):
@@ -254,11 +260,13 @@ def _set_names(config: dict[str, Any]) -> None:
 
 
 def _apply_sysctl(sysctl: dict[str, str]) -> None:
+    from flatstack.runtime.rootfs import write_procfs  # imported before pivot_root
+
     for key, value in sysctl.items():
-        path = "/proc/sys/" + key.replace(".", "/")
         try:
-            with open(path, "w") as f:
-                f.write(value)
+            write_procfs("sys/" + key.replace(".", "/"), value)
+        except FlatstackError as err:
+            raise FlatstackError(f"linux.sysctl.{key}: {err}") from None
         except OSError as err:
             raise FlatstackError(f"linux.sysctl.{key}: cannot set to {value!r}: "
                                  f"{os.strerror(err.errno or 0).lower()}") from None
@@ -315,12 +323,18 @@ def finish_process(plan: LaunchPlan) -> None:
     path = resolve_executable(process["args"], env)
     cap_plan = pa.prepare_capabilities(process.get("capabilities"))
     nnp = bool(process.get("noNewPrivileges"))
+    ruleset = -1
+    if plan.landlock is not None:  # paths resolve in the container; errors fail create
+        from flatstack.runtime import landlock
+
+        ruleset = landlock.build_ruleset(plan.landlock)
     # A notify listener is handed over by the runtime before "created" (runc's order);
     # otherwise, with no_new_privs, the filter goes on as late as possible.
     early_seccomp = plan.seccomp_bpf is not None and (
         not nnp or bool((linux.get("seccomp") or {}).get("listenerPath")))
     if plan.seccomp_bpf is not None and not nnp:
         _install_seccomp(plan)
+    _apply_lsm_labels(process)
     pa.drop_bounding(cap_plan)
     pa.apply_user(process.get("user") or {}, keep_caps=True)
     pa.apply_final_caps(cap_plan)
@@ -337,6 +351,8 @@ def finish_process(plan: LaunchPlan) -> None:
 
             run_hooks(plan.config, "startContainer",
                       dict(plan.hook_state, pid=os.getpid(), status="created"))
+    if ruleset >= 0:  # after the FIFO (a host path) and startContainer hooks
+        landlock.restrict(ruleset)
     if plan.seccomp_bpf is not None and not early_seccomp:
         _install_seccomp(plan)
     _seal_fds(plan.preserve_fds)
@@ -347,12 +363,44 @@ def finish_process(plan: LaunchPlan) -> None:
         os._exit(127 if err.errno == 2 else 126)
 
 
+def _apply_lsm_labels(process: dict[str, Any]) -> None:
+    """Ask the enabled LSM to switch to the configured profile/label at execve.
+
+    Hosts without the LSM were warned about at create time; a host with it must
+    never silently run the container unconfined, so a failed write fails create.
+    """
+    profile = process.get("apparmorProfile")
+    if profile and os.path.exists("/sys/kernel/security/apparmor"):
+        _write_attr(("attr/apparmor/exec", "attr/exec"),
+                    f"exec {profile}", "process.apparmorProfile")
+    label = process.get("selinuxLabel")
+    if label and os.path.exists("/sys/fs/selinux/enforce"):
+        _write_attr(("attr/exec",), label, "process.selinuxLabel")
+
+
+def _write_attr(paths: tuple[str, ...], value: str, field: str) -> None:
+    from flatstack.runtime.rootfs import write_procfs
+
+    last: BaseException | None = None
+    for path in paths:  # the init is single-threaded: its pid names its only task
+        try:
+            write_procfs(f"{os.getpid()}/{path}", value)
+            return
+        except (OSError, FlatstackError) as err:
+            last = err
+    raise FlatstackError(f"{field}: cannot apply {value!r}: {last}")
+
+
 def _chdir(cwd: str, user: dict[str, Any], is_exec: bool) -> None:
     try:
         os.chdir(cwd)
     except FileNotFoundError:
-        os.makedirs(cwd, 0o755, exist_ok=True)
-        os.chdir(cwd)
+        try:
+            os.makedirs(cwd, 0o755, exist_ok=True)
+            os.chdir(cwd)
+        except OSError as err:
+            raise FlatstackError(f"process.cwd: {cwd}: cannot create: "
+                                 f"{os.strerror(err.errno or 0).lower()}") from None
     except OSError as err:
         raise FlatstackError(f"process.cwd: {cwd}: {os.strerror(err.errno or 0).lower()}"
                              ) from None

@@ -198,8 +198,13 @@ def apply_oom_score_adj(value: int) -> None:
     value = int(value)
     if not -1000 <= value <= 1000:
         raise ConfigError("process.oomScoreAdj", f"must be between -1000 and 1000, got {value}")
+    # CVE-2025-52881: written through a verified procfs, never a mount over /proc.
+    from flatstack.runtime.rootfs import write_procfs  # loaded by init.preload
+
     try:
-        proc.set_oom_score_adj("self", value)
+        write_procfs(f"{os.getpid()}/oom_score_adj", str(value))
+    except FlatstackError as err:
+        raise ConfigError("process.oomScoreAdj", str(err)) from None
     except OSError as err:
         hint = (" (lowering it needs CAP_SYS_RESOURCE)" if err.errno in (1, 13) else "")
         raise ConfigError("process.oomScoreAdj", f"cannot set {value}: {_why(err)}{hint}"

@@ -191,8 +191,13 @@ class RootfsBuilder:
         propagation = linux.get("rootfsPropagation")
         from flatstack.oci.config import PROPAGATION_FLAGS
 
-        root_flag = PROPAGATION_FLAGS.get(propagation or "", m.MS_SLAVE | m.MS_REC)
-        m.mount(None, "/", None, root_flag | (m.MS_REC if propagation is None else 0))
+        # Until pivot_root the host's tree stays slave (private if asked): pivot_root
+        # refuses shared mounts and an unbindable root cannot be bound.  The
+        # requested rootfsPropagation is applied to the new "/" in finalize().
+        root_flag = m.MS_SLAVE | m.MS_REC
+        if propagation in ("private", "rprivate"):
+            root_flag = PROPAGATION_FLAGS[propagation] | m.MS_REC
+        m.mount(None, "/", None, root_flag)
         tree = self.mount_trees.pop("rootfs", None)
         if tree is not None:
             # A detached clone of the rootfs made by the runtime on the host side
@@ -204,9 +209,6 @@ class RootfsBuilder:
         else:
             m.mount(self.rootfs, self.rootfs, None, m.MS_BIND | m.MS_REC)
             self.root_fd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        if propagation in ("shared", "rshared", "slave", "rslave", "unbindable",
-                           "runbindable", "private", "rprivate"):
-            m.mount(None, m.fd_path(self.root_fd), None, PROPAGATION_FLAGS[propagation])
         for index, mnt in enumerate(self.config.get("mounts") or []):
             self._mount_one(index, mnt)
         self._devices()
@@ -219,6 +221,10 @@ class RootfsBuilder:
         options = list(mnt.get("options") or [])
         flags, propagation, data, rbind = parse_options(options)
         is_bind = fstype == "bind" or "bind" in options or "rbind" in options
+        if os.path.normpath(dest) == "/proc" and (is_bind or fstype != "proc"):
+            # CVE-2019-16884: a fake /proc would take the runtime's own /proc writes.
+            raise FlatstackError(f"{_field(index, 'destination')}: /proc must be a proc "
+                                 f"filesystem, not {'a bind mount' if is_bind else fstype}")
         try:
             if is_bind:
                 self._bind(index, mnt, dest, flags, rbind)
@@ -459,6 +465,12 @@ class RootfsBuilder:
         root = self.config.get("root") or {}
         if root.get("readonly"):
             bind_remount("/", m.MS_RDONLY)
+        propagation = self.linux.get("rootfsPropagation")
+        if propagation:
+            # Last: read-only paths above are binds, which an unbindable root refuses.
+            from flatstack.oci.config import PROPAGATION_FLAGS
+
+            m.mount(None, "/", None, PROPAGATION_FLAGS[propagation])
 
 
 def _verified_dev_null() -> int:
@@ -515,5 +527,37 @@ def readonly_path(path: str) -> None:
     fd = m.openat2(-100, path, os.O_PATH | os.O_NOFOLLOW, 0, m.RESOLVE_NO_SYMLINKS)
     try:
         bind_remount(m.fd_path(fd), m.MS_RDONLY)
+    finally:
+        os.close(fd)
+
+
+def write_procfs(path: str, value: str) -> None:
+    """Write ``value`` to ``/proc/<path>``, refusing anything but the real procfs.
+
+    CVE-2019-16884 / CVE-2025-52881: a symlink or a mount over /proc (or below it,
+    e.g. over /proc/sys) would redirect the runtime's writes.  The file is opened
+    beneath a verified procfs ``/proc`` without following symlinks or crossing a
+    mount, and checked to be on procfs again before the write.
+    """
+    proc_fd = m.openat2(-100, "/proc", os.O_PATH | os.O_DIRECTORY, 0, m.RESOLVE_NO_SYMLINKS)
+    try:
+        if m.fstatfs_type(proc_fd) != _PROCFS_MAGIC:
+            raise FlatstackError("/proc is not a procfs mount; refusing to write to it")
+        try:
+            fd = m.openat2(proc_fd, path, os.O_WRONLY, 0,
+                           m.RESOLVE_BENEATH | m.RESOLVE_NO_SYMLINKS | m.RESOLVE_NO_XDEV
+                           | m.RESOLVE_NO_MAGICLINKS)
+        except KernelError as err:
+            if err.errno in (errno.EXDEV, errno.ELOOP):
+                raise FlatstackError(f"/proc/{path} is not on the container's procfs "
+                                     "(a mount or symlink over it); refusing to write "
+                                     "to it") from None
+            raise OSError(err.errno, os.strerror(err.errno), f"/proc/{path}") from None
+    finally:
+        os.close(proc_fd)
+    try:
+        if m.fstatfs_type(fd) != _PROCFS_MAGIC:
+            raise FlatstackError(f"/proc/{path} is not on procfs; refusing to write to it")
+        os.write(fd, value.encode())
     finally:
         os.close(fd)

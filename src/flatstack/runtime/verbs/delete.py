@@ -15,6 +15,9 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
     container.lock()
     try:
         status = container.status()
+        # runc's behaviour, which containerd's shim relies on (it deletes a task that
+        # was created but never started without --force): a created container is
+        # killed and deleted; a running or paused one needs --force.
         if status in ("running", "paused") and not force:
             raise InvalidState(f"cannot delete container {container_id} that is not stopped: "
                                f"{status}")

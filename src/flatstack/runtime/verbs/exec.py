@@ -126,6 +126,11 @@ def exec_process(opts: ExecOptions) -> int:
 
         plan.seccomp_bpf, plan.seccomp_flags = seccomp_program({"linux": linux}, opts.root)
     plan.hook_state = container.oci_state()
+    annotations = container.data.get("annotations") or {}
+    if "org.flatstack.landlock" in annotations:  # exec'd processes are sandboxed alike
+        from flatstack.runtime.landlock import compile_policy
+
+        plan.landlock = compile_policy({"annotations": annotations}, process)
     if process.get("terminal"):
         from flatstack.runtime.console import connect_console_socket
 
@@ -236,8 +241,14 @@ def _exec_stage_one(plan: LaunchPlan) -> None:
                 os.setresuid(0, 0, 0)
             except OSError:
                 pass
+        # The parent must hear "pid" before the child's "started" (same channel):
+        # the child waits for this end of the pipe to close.
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(ready_w)
+            os.read(ready_r, 1)
+            os.close(ready_r)
             _exec_stage_two(plan)
         channel.send("pid", pid)
         os._exit(0)

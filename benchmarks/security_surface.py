@@ -14,7 +14,10 @@ the bridge would touch the host's iptables).  The probe reads, from inside:
 * ``/proc/self/mountinfo``: *masked* paths are mounts strictly below /proc or
   /sys that are a bind of a device node (``/dev/null``, mountinfo root
   ``/null``) or a tmpfs; *read-only* paths are proc/sysfs mounts strictly below
-  /proc or /sys with the ``ro`` per-mount option; /sys itself is reported apart.
+  /proc or /sys with the ``ro`` per-mount option; /sys itself is reported apart;
+* ``/proc/self/cgroup``: a cgroup namespace shows ``/`` for every hierarchy;
+* the container's own ``pids.max`` and memory limit (v1 or v2 file names); "none"
+  when unlimited.
 
 Syscalls allowed by the seccomp filter are counted from the ``linux.seccomp`` the
 runtime was actually given (the bundle's config.json; for podman the one it
@@ -49,7 +52,12 @@ from flatstack.tools.busybox import build_rootfs  # noqa: E402
 
 FLATRUN = str(REPO / ".venv" / "bin" / "flatrun")
 PROBE = ("cat /proc/self/status; echo @@uid_map; cat /proc/self/uid_map; "
-         "echo @@mountinfo; cat /proc/self/mountinfo")
+         "echo @@mountinfo; cat /proc/self/mountinfo; echo @@cgroup; cat /proc/self/cgroup; "
+         "echo @@pids; cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null; "
+         "echo @@memory; cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+         "/sys/fs/cgroup/memory.max 2>/dev/null; true")
+#: memory.limit_in_bytes with no limit on cgroup v1 (page-rounded LONG_MAX).
+V1_UNLIMITED = 9223372036854771712
 IDENTITY_MAP = ["0", "0", "4294967295"]
 PERMISSIVE = {"SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_TRACE"}
 CRUN_WRAPPER = """#!/bin/sh
@@ -70,6 +78,9 @@ DOCKER_CITED = {
     "seccomp_mode": 2, "no_new_privs": 0, "userns": False,
     "masked_paths": None, "masked_configured": 10,
     "readonly_paths": None, "readonly_configured": 5, "sys_ro": True,
+    # No pids or memory limit unless asked (--pids-limit, --memory); a private cgroup
+    # namespace only on cgroup v2 hosts (--cgroupns; the host's on v1).
+    "pids_max": None, "memory_max": None, "cgroupns": False,
     # Counted once by this script's method from moby's profiles/seccomp/default.json at
     # commit 00f3d189e420d485e42d15fe494f96d272284e0e for the 14 default capabilities on
     # x86_64, kernel >= 4.8 (docs: "disables around 44 system calls out of 300+").
@@ -84,6 +95,8 @@ DOCKER_CITED = {
         "with argument conditions on x86_64 with the 14 default capabilities)",
         "https://docs.docker.com/engine/security/userns-remap/ (user namespaces are "
         "opt-in: userns-remap)",
+        "https://docs.docker.com/reference/cli/docker/container/run/ (--pids-limit, "
+        "--memory: unlimited by default; --cgroupns: private on cgroup v2, host on v1)",
         "no-new-privileges is opt-in: --security-opt no-new-privileges",
     ],
 }
@@ -93,7 +106,10 @@ DOCKER_CITED = {
 def parse_probe(text: str) -> dict[str, Any]:
     """What the in-container probe printed, reduced to the table's numbers."""
     status, _, rest = text.partition("@@uid_map\n")
-    uid_map, _, mountinfo = rest.partition("@@mountinfo\n")
+    uid_map, _, rest = rest.partition("@@mountinfo\n")
+    mountinfo, _, rest = rest.partition("@@cgroup\n")
+    cgroup, _, rest = rest.partition("@@pids\n")
+    pids, _, memory = rest.partition("@@memory\n")
     fields = {}
     for line in status.splitlines():
         key, _, value = line.partition(":")
@@ -129,7 +145,32 @@ def parse_probe(text: str) -> dict[str, Any]:
         "masked_paths": len(masked), "masked": masked,
         "readonly_paths": len(readonly), "readonly": readonly,
         "sys_ro": sys_ro,
+        # A cgroup namespace shows the container's own cgroup as "/" in every hierarchy.
+        "cgroupns": bool(cgroup.split()) and all(line.endswith(":/")
+                                                 for line in cgroup.split()),
+        "pids_max": _limit(pids),
+        "memory_max": _limit(memory),
     }
+
+
+def _limit(text: str) -> int | None:
+    """A cgroup limit file's value; None for "max" or v1's unlimited, -1 if unreadable."""
+    words = text.split()
+    if not words:
+        return -1  # no cgroupfs in the container (runc's and crun's specs mount none)
+    if not words[0].isdigit() or int(words[0]) >= V1_UNLIMITED:
+        return None
+    return int(words[0])
+
+
+def _configured_limits(result: dict[str, Any], linux: dict[str, Any]) -> None:
+    """Where the container cannot read its limits, take them from the config it was given."""
+    resources = linux.get("resources") or {}
+    for key, value in (("pids_max", (resources.get("pids") or {}).get("limit")),
+                       ("memory_max", (resources.get("memory") or {}).get("limit"))):
+        if result[key] == -1:
+            result[key] = value if value is not None and value > 0 else None
+            result[f"{key}_from_config"] = True
 
 
 # -- seccomp counting -------------------------------------------------------------
@@ -200,6 +241,7 @@ def measure_oci(name: str, work: Path, rootfs: str, spec_cmd: list[str],
         linux.get("seccomp"))
     result["masked_configured"] = len(linux.get("maskedPaths") or [])
     result["readonly_configured"] = len(linux.get("readonlyPaths") or [])
+    _configured_limits(result, linux)
     return result
 
 
@@ -253,6 +295,7 @@ def measure_podman(work: Path, rootfs: str) -> dict[str, Any]:
             linux.get("seccomp"))
         result["masked_configured"] = len(linux.get("maskedPaths") or [])
         result["readonly_configured"] = len(linux.get("readonlyPaths") or [])
+        _configured_limits(result, linux)
     finally:
         subprocess.run([*argv, "rm", "--all", "--force"], env=env, capture_output=True,
                        check=False)
@@ -265,7 +308,8 @@ def measure_podman(work: Path, rootfs: str) -> dict[str, Any]:
 COLUMNS = [("tool", "tool"), ("cap_eff", "CapEff"), ("cap_bnd", "CapBnd"),
            ("seccomp_mode", "seccomp"), ("seccomp_allowed", "allowed"),
            ("seccomp_conditional", "cond."), ("no_new_privs", "NNP"), ("userns", "userns"),
-           ("masked_paths", "masked"), ("readonly_paths", "ro paths"), ("sys_ro", "/sys ro")]
+           ("masked_paths", "masked"), ("readonly_paths", "ro paths"), ("sys_ro", "/sys ro"),
+           ("cgroupns", "cgroupns"), ("pids_max", "pids.max"), ("memory_max", "memory")]
 CONFIGURED = {"masked_paths": "masked_configured", "readonly_paths": "readonly_configured"}
 
 
@@ -275,6 +319,13 @@ def _cell(row: dict[str, Any], key: str) -> str:
         return "all"
     if key in CONFIGURED and row.get(CONFIGURED[key]) is not None:
         return f"{'?' if value is None else value}/{row[CONFIGURED[key]]}"
+    if key in ("pids_max", "memory_max"):
+        mark = "*" if row.get(f"{key}_from_config") else ""
+        if value is None:
+            return "none" + mark
+        if key == "memory_max":
+            value = f"{value / (1 << 30):g} GiB" if value >= 1 << 30 else f"{value >> 20} MiB"
+        return f"{value}{mark}"
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -320,7 +371,9 @@ def main() -> int:
     total = native_syscall_total()
     print(table(rows))
     print(f"\nseccomp 'allowed': syscall names allowed unconditionally on {os.uname().machine} "
-          f"(of {total} libseccomp knows); 'cond.': allowed only with argument conditions")
+          f"(of {total} libseccomp knows); 'cond.': allowed only with argument conditions; "
+          "masked/ro paths: present in the container/configured; *: the container has no "
+          "cgroupfs to read, value from the config it was given")
     for name, why in skipped.items():
         print(f"{name}: {why}")
     out = REPO / "results" / "security_surface.json"

@@ -17,6 +17,15 @@ for candidate in /usr/bin/python3.11 /usr/bin/python3; do
         break
     fi
 done
+# The exec trampoline (src/flatstack/runtime/trampoline.py): a libc-free static binary.
+tsrc="$here/src/flatstack/runtime/trampoline.c"
+tbin="$here/src/flatstack/runtime/_trampoline"
+if [ ! -x "$tbin" ] || [ "$tsrc" -nt "$tbin" ]; then
+    gcc -Os -static -nostdlib -fno-stack-protector -fno-builtin \
+        -fno-asynchronous-unwind-tables -fno-pie -no-pie -Wl,--build-id=none \
+        -Wl,-z,noexecstack -s -o "$tbin.tmp.$$" "$tsrc"
+    mv "$tbin.tmp.$$" "$tbin"
+fi
 out="$here/.venv/bin/flatrun"
 tmp="$out.tmp.$$"
 cat > "$tmp" <<PY

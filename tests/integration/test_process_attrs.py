@@ -3,7 +3,6 @@ piece of config.json and reports what the kernel then says about it."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import pytest
 from flatstack.errors import ConfigError
 from flatstack.kernel import caps, proc
 from flatstack.runtime import process_attrs as pa
+from tests._forked import in_child as forked
 
 NET_BIND = caps.CAPABILITIES["CAP_NET_BIND_SERVICE"]
 CHOWN = caps.CAPABILITIES["CAP_CHOWN"]
@@ -34,23 +34,7 @@ def read_status() -> dict[str, str]:
 
 def in_child(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` in a forked child; return its result or raise its error."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            try:
-                result: dict[str, Any] = {"ok": fn()}
-            except BaseException as err:
-                result = {"error": type(err).__name__, "message": str(err),
-                          "field": getattr(err, "field", None)}
-            os.write(w, json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = json.loads(f.read())
-    os.waitpid(pid, 0)
+    data = forked(fn)
     if "error" in data:
         raise ChildError(data["error"], data["message"], data["field"])
     return data["ok"]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.security._harness import bind_ro, compile_static
 
 PROBE_SRC = Path(__file__).with_name("cve_probe.c")
 PROBE = "/home/cve_probe"
@@ -17,14 +16,7 @@ PROBE = "/home/cve_probe"
 
 def compile_probe(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A directory (mode 755) holding the statically linked ``cve_probe``."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.fail("gcc not found: `make install` installs gcc and libc6-dev for the probe")
-    directory = tmp_path_factory.mktemp("cveprobe")
-    os.chmod(directory, 0o755)
-    subprocess.run([gcc, "-static", "-O2", "-Wall", "-o", str(directory / "cve_probe"),
-                    str(PROBE_SRC)], check=True)
-    return str(directory)
+    return compile_static(PROBE_SRC, tmp_path_factory)
 
 
 def fd_entries(seen: set[str]) -> list[str]:
@@ -37,8 +29,8 @@ def fd_entries(seen: set[str]) -> list[str]:
 
 
 def bind_probe(config: dict[str, Any], directory: str) -> None:
-    config["mounts"].append({"destination": "/home", "type": "bind", "source": directory,
-                             "options": ["rbind", "ro", "nosuid", "nodev"]})
+    """Bind the probe's directory read-only at /home (where ``PROBE`` points)."""
+    bind_ro(config, directory, "/home")
 
 
 def mounts_mentioning(fragment: str) -> list[str]:

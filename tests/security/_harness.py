@@ -31,17 +31,22 @@ EROFS_MSG = "Read-only file system"
 BUSYBOX_EPERM_MOUNT = "permission denied (are you root?)"  # mount/ping on EPERM/EACCES
 
 
-@pytest.fixture(scope="session")
-def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A directory (mode 755) holding the statically linked escape probe."""
+def compile_static(source: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory (mode 755) holding ``source`` compiled statically, named by its stem."""
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.fail("gcc not found: `make install` installs gcc and libc6-dev for the probe")
-    directory = tmp_path_factory.mktemp("probe")
+    directory = tmp_path_factory.mktemp(source.stem)
     os.chmod(directory, 0o755)
-    subprocess.run([gcc, "-static", "-O2", "-Wall", "-o",
-                    str(directory / "escape_probe"), str(PROBE_SRC)], check=True)
+    subprocess.run([gcc, "-static", "-O2", "-Wall", "-o", str(directory / source.stem),
+                    str(source)], check=True)
     return str(directory)
+
+
+@pytest.fixture(scope="session")
+def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory (mode 755) holding the statically linked escape probe."""
+    return compile_static(PROBE_SRC, tmp_path_factory)
 
 
 def bind_ro(config: dict[str, Any], source: str, destination: str = "/home") -> None:

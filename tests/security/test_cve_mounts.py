@@ -51,6 +51,16 @@ def _refused(flatrun: Flatrun, bundle: str, tmp_path: Path, *, console: str | No
     return result.stderr
 
 
+def _cover(config: dict[str, Any], destination: str, kind: str, fake: Path) -> None:
+    """Mount the host directory ``fake`` (``kind`` "bind") or a tmpfs over ``destination``."""
+    if kind == "bind":
+        config["mounts"].append({"destination": destination, "type": "bind",
+                                 "source": str(fake), "options": ["rbind"]})
+    else:
+        config["mounts"].append({"destination": destination, "type": "tmpfs",
+                                 "source": "tmpfs", "options": []})
+
+
 @pytest.mark.parametrize("link", ["absolute", "relative"])
 def test_cve_2019_19921_and_2023_27561_proc_symlink_in_rootfs(
         flatrun: Flatrun, make_bundle: Bundles, tmp_path: Path, link: str) -> None:
@@ -84,16 +94,8 @@ def test_cve_2019_16884_fake_proc_mount_refused(flatrun: Flatrun, make_bundle: B
     fake = tmp_path / "fakeproc"
     (fake / "self" / "attr").mkdir(parents=True)
     (fake / "self" / "attr" / "exec").write_text("unconfined")
-
-    def edit(config: dict[str, Any]) -> None:
-        if kind == "bind":
-            config["mounts"].append({"destination": "/proc", "type": "bind",
-                                     "source": str(fake), "options": ["rbind"]})
-        else:
-            config["mounts"].append({"destination": "/proc", "type": "tmpfs",
-                                     "source": "tmpfs", "options": []})
-
-    stderr = _refused(flatrun, make_bundle(["true"], edit=edit), tmp_path)
+    bundle = make_bundle(["true"], edit=lambda c: _cover(c, "/proc", kind, fake))
+    stderr = _refused(flatrun, bundle, tmp_path)
     index = len(make_bundle.spec["mounts"])
     why = "a bind mount" if kind == "bind" else "tmpfs"
     assert f"mounts[{index}].destination: /proc must be a proc filesystem, not {why}" in stderr
@@ -119,12 +121,7 @@ def test_cve_2025_52881_sysctl_write_redirected_by_mount_over_proc_sys(
 
     def edit(config: dict[str, Any]) -> None:
         config["linux"]["sysctl"] = {"net.core.somaxconn": "1234"}
-        if kind == "bind":
-            config["mounts"].append({"destination": "/proc/sys", "type": "bind",
-                                     "source": str(fake), "options": ["rbind"]})
-        else:
-            config["mounts"].append({"destination": "/proc/sys", "type": "tmpfs",
-                                     "source": "tmpfs", "options": []})
+        _cover(config, "/proc/sys", kind, fake)
 
     stderr = _refused(flatrun, make_bundle(["true"], edit=edit), tmp_path)
     assert ("linux.sysctl.net.core.somaxconn: /proc/sys/net/core/somaxconn is not on the "

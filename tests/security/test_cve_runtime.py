@@ -9,6 +9,7 @@ cve_probe.c) or busybox; each test asserts the errno or message that stops them.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,16 +17,24 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FLATRUN, Bundles, Flatrun
+from flatstack.oci.defaults import default_spec
+from tests.conftest import Bundles, Flatrun
 from tests.security._cve_support import PROBE, bind_probe, compile_probe, fd_entries, sha256
-
-#: The interpreter of flatrun's launcher: what flatrun's processes run until execve.
-HOST_PYTHON = os.path.realpath(FLATRUN.read_text().splitlines()[0][2:].split()[0])
 
 
 @pytest.fixture(scope="module")
 def cve_probe_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return compile_probe(tmp_path_factory)
+
+
+@pytest.fixture
+def host_python(flatrun_bin: str) -> str:
+    """The interpreter of flatrun's launcher: what flatrun's processes run until execve.
+
+    Read after ``flatrun_bin`` has (re)installed the launcher, never at import time:
+    a ``pip install -e`` meanwhile replaces the launcher with pip's script.
+    """
+    return os.path.realpath(Path(flatrun_bin).read_text().splitlines()[0][2:].split()[0])
 
 
 def _unreachable(entry: str) -> bool:
@@ -53,7 +62,7 @@ def _lines(text: str) -> set[str]:
 
 
 def test_cve_2019_5736_runtime_exe_unreachable_during_create(
-        flatrun: Flatrun, make_bundle: Bundles, cve_probe_dir: str) -> None:
+        flatrun: Flatrun, make_bundle: Bundles, cve_probe_dir: str, host_python: str) -> None:
     """CVE-2019-5736: a process in the container opens /proc/<pid>/exe of the runtime.
 
     While a container is created but not started, its PID 1 is still flatrun's
@@ -64,11 +73,11 @@ def test_cve_2019_5736_runtime_exe_unreachable_during_create(
     non-dumpable before entering the container, so ptrace access checks refuse.
     The interpreter file is byte-for-byte unchanged afterwards.
     """
-    before = sha256(HOST_PYTHON)
+    before = sha256(host_python)
     victim = flatrun.new_id()
     flatrun("create", "--bundle", make_bundle(["true"]), victim)
     init_pid = flatrun.state(victim)["pid"]
-    assert os.path.realpath(f"/proc/{init_pid}/exe") == HOST_PYTHON, \
+    assert os.path.realpath(f"/proc/{init_pid}/exe") == host_python, \
         "the created container's init should still be the runtime interpreter"
 
     def join(config: dict[str, Any]) -> None:
@@ -88,7 +97,7 @@ def test_cve_2019_5736_runtime_exe_unreachable_during_create(
     assert entries and all(_unreachable(e) for e in entries), result.stdout
     assert "python" not in result.stdout
     flatrun("delete", "--force", victim)
-    assert sha256(HOST_PYTHON) == before
+    assert sha256(host_python) == before
 
 
 def test_cve_2019_5736_self_exe_is_the_container_binary(flatrun: Flatrun,
@@ -111,7 +120,8 @@ def test_cve_2019_5736_self_exe_is_the_container_binary(flatrun: Flatrun,
 
 
 def test_cve_2016_9962_and_2019_5736_exec_process_unreachable(
-        flatrun: Flatrun, make_bundle: Bundles, cve_probe_dir: str, tmp_path: Path) -> None:
+        flatrun: Flatrun, make_bundle: Bundles, cve_probe_dir: str, tmp_path: Path,
+        host_python: str) -> None:
     """CVE-2016-9962 / CVE-2019-5736 through ``flatrun exec``.
 
     The container's PID 1 scans /proc in a tight loop while ``flatrun exec``
@@ -122,7 +132,7 @@ def test_cve_2016_9962_and_2019_5736_exec_process_unreachable(
     never follow an fd above 2 of another process (readlink and open give
     EACCES), and never see a host interpreter path.  The host interpreter is unchanged afterwards.
     """
-    before = sha256(HOST_PYTHON)
+    before = sha256(host_python)
     cid = flatrun.new_id()
     bundle = make_bundle([PROBE, "scan", "/dev/shm/stop"],
                          edit=lambda c: bind_probe(c, cve_probe_dir))
@@ -153,10 +163,85 @@ def test_cve_2016_9962_and_2019_5736_exec_process_unreachable(
     entries = fd_entries(seen)
     assert all(_unreachable(e) for e in entries), text
     assert any(e.endswith(":readlink-EACCES:open-EACCES") for e in entries), text
+    # The process is caught as flatrun's Python (EACCES), the exec trampoline (its
+    # private sealed memfd) or the container's own binary: never a host file.
     targets = {line.split("=", 1)[1] for line in seen if line.startswith("exe=/")}
-    assert targets <= {"/bin/busybox"}, text
+    assert targets <= {"/bin/busybox", "/memfd:flatrun-exec (deleted)"}, text
     assert "python" not in text and "exe_wronly=OK" not in seen
-    assert sha256(HOST_PYTHON) == before
+    assert sha256(host_python) == before
+
+
+def _with_libraries_of(rootfs: Path, binary: str) -> None:
+    """Copy the dynamic loader and the libraries ``binary`` links into ``rootfs``, at
+    the same paths: what any glibc-based image carries, so the binary can start there."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        path = next((word for word in line.split() if word.startswith("/")), None)
+        if path is not None:
+            dest = rootfs / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.realpath(path), dest)
+
+
+@pytest.mark.parametrize("userns", [False, True], ids=["no-userns", "userns"])
+def test_cve_2019_5736_shebang_to_runtime_exe(
+        flatrun: Flatrun, make_bundle: Bundles, cve_probe_dir: str, host_python: str,
+        userns: bool) -> None:
+    """CVE-2019-5736, the ``#!/proc/self/exe`` variant.
+
+    /evil holds only ``#!/proc/self/exe``: the kernel takes that interpreter from the
+    process that execs the script. Were that flatrun's Python, the host interpreter
+    would start inside the container (the image carries the loader and the libraries
+    it links, as a Debian-based image does), and PID 1 (``cve_probe grab``) would open
+    its exe, wait for it to exit and reopen the host file for writing; without a user
+    namespace (podman's and containerd's default) that open succeeds. flatrun execs
+    the program through its trampoline in a sealed memfd (runtime/trampoline.py), so
+    /proc/self/exe is that private copy, which refuses to act as an interpreter: the
+    host interpreter never starts, and whatever the probe grabs is the memfd.
+    """
+    before = sha256(host_python)
+
+    def spec(config: dict[str, Any]) -> None:
+        fresh = default_spec(userns=userns)
+        fresh["root"] = config["root"]
+        fresh["process"]["terminal"] = False
+        # PID 1 outlives the probe, so its report can be read with exec afterwards.
+        fresh["process"]["args"] = ["sh", "-c",
+                                    f"{PROBE} grab /dev/shm/stop >/dev/shm/grab.out; sleep 60"]
+        config.clear()
+        config.update(fresh)
+        bind_probe(config, cve_probe_dir)
+
+    bundle = make_bundle(own_rootfs=True, edit=spec)
+    rootfs = Path(bundle) / "rootfs"
+    _with_libraries_of(rootfs, host_python)
+    (rootfs / "evil").write_text("#!/proc/self/exe\n")
+    (rootfs / "evil").chmod(0o755)
+    cid = flatrun.new_id()
+    flatrun("run", "--detach", "--bundle", bundle, cid)
+
+    def grabbed() -> str:
+        return flatrun("exec", cid, "cat", "/dev/shm/grab.out", check=False).stdout
+
+    deadline = time.monotonic() + 10
+    while "grabbing=OK" not in grabbed():
+        assert time.monotonic() < deadline, "the probe did not start"
+        time.sleep(0.05)
+    ran = []
+    for _ in range(5):
+        ran.append(flatrun("exec", cid, "/evil", check=False))
+        time.sleep(0.2)
+        if "done=" in grabbed():
+            break
+    text = grabbed()
+    for result in ran:
+        assert result.returncode == 126, result.stderr
+        assert "flatrun-exec: not an interpreter" in result.stderr, result.stderr
+        assert "platform independent libraries" not in result.stderr
+    exes = {line.split("=", 1)[1] for line in text.splitlines() if line.startswith("exe=")}
+    assert exes <= {"/memfd:flatrun-exec (deleted)"}, text
+    assert host_python not in text
+    assert sha256(host_python) == before
 
 
 @pytest.mark.parametrize("number", range(3, 10))

@@ -7,40 +7,18 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import json
 import os
 import resource
 import signal
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from tests._forked import in_child
 
 from flatstack.errors import FlatstackError
 from flatstack.kernel import proc
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
-
-def in_child(fn: Callable[[], Any]) -> dict[str, Any]:
-    """Run ``fn`` in a forked child; its JSON result or error comes back."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            try:
-                result: dict[str, Any] = {"ok": fn()}
-            except BaseException as err:
-                result = {"error": type(err).__name__, "message": str(err)}
-            os.write(w, json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 def test_rlimit_table() -> None:

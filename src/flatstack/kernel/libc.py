@@ -12,59 +12,24 @@ libc = ctypes.CDLL(None, use_errno=True)
 _MACHINE = os.uname().machine
 
 # Syscall numbers that glibc 2.36 has no wrapper for (or where the wrapper is
-# too new for Debian bookworm).  Per architecture.
-_SYSCALLS: dict[str, dict[str, int]] = {
-    "x86_64": {
-        "pivot_root": 155,
-        "setns": 308,
-        "seccomp": 317,
-        "clone3": 435,
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "openat2": 437,
-        "pidfd_open": 434,
-        "pidfd_send_signal": 424,
-        "pidfd_getfd": 438,
-        "close_range": 436,
-        "mount_setattr": 442,
-        "landlock_create_ruleset": 444,
-        "landlock_add_rule": 445,
-        "landlock_restrict_self": 446,
-        "ioprio_set": 251,
-        "capget": 125,
-        "capset": 126,
-        "personality": 135,
-    },
-    "aarch64": {
-        "pivot_root": 41,
-        "setns": 268,
-        "seccomp": 277,
-        "clone3": 435,
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "openat2": 437,
-        "pidfd_open": 434,
-        "pidfd_send_signal": 424,
-        "pidfd_getfd": 438,
-        "close_range": 436,
-        "mount_setattr": 442,
-        "landlock_create_ruleset": 444,
-        "landlock_add_rule": 445,
-        "landlock_restrict_self": 446,
-        "ioprio_set": 30,
-        "capget": 90,
-        "capset": 91,
-        "personality": 92,
-    },
+# too new for Debian bookworm).  Numbers from 424 on are the same on every
+# architecture (the syscall tables were unified in Linux 5.1); older ones are not.
+_UNIFIED: dict[str, int] = {
+    "pidfd_send_signal": 424, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+    "fsconfig": 431, "fsmount": 432, "pidfd_open": 434, "clone3": 435, "close_range": 436,
+    "openat2": 437, "pidfd_getfd": 438, "mount_setattr": 442, "landlock_create_ruleset": 444,
+    "landlock_add_rule": 445, "landlock_restrict_self": 446,
+}
+_PER_ARCH: dict[str, dict[str, int]] = {
+    "x86_64": {"pivot_root": 155, "setns": 308, "seccomp": 317, "ioprio_set": 251,
+               "ioprio_get": 252, "capget": 125, "capset": 126, "personality": 135,
+               "sched_setattr": 314, "sched_getattr": 315},
+    "aarch64": {"pivot_root": 41, "setns": 268, "seccomp": 277, "ioprio_set": 30,
+                "ioprio_get": 31, "capget": 90, "capset": 91, "personality": 92,
+                "sched_setattr": 274, "sched_getattr": 275},
 }
 
-SYS: dict[str, int] = _SYSCALLS.get(_MACHINE, _SYSCALLS["x86_64"])
+SYS: dict[str, int] = {**_UNIFIED, **_PER_ARCH.get(_MACHINE, _PER_ARCH["x86_64"])}
 
 _syscall = libc.syscall
 _syscall.restype = ctypes.c_long

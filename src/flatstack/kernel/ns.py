@@ -45,3 +45,24 @@ def join_path(path: str, nstype: int) -> None:
         syscall("setns", fd, nstype, detail=path)
     finally:
         os.close(fd)
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in the calling thread's network namespace (SIOCSIFFLAGS).
+
+    Raises OSError.  Imports only the C modules ``_socket`` and ``fcntl``: this runs
+    in the container's init on the create path.
+    """
+    import _socket
+    import fcntl
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
+        request = bytearray(b"lo".ljust(40, b"\0"))  # struct ifreq
+        fcntl.ioctl(sock.fileno(), siocgifflags, request)
+        flags = int.from_bytes(request[16:18], "little") | iff_up
+        request[16:18] = flags.to_bytes(2, "little")
+        fcntl.ioctl(sock.fileno(), siocsifflags, request)
+    finally:
+        sock.close()

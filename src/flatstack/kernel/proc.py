@@ -12,6 +12,7 @@ import os
 
 from flatstack.errors import FlatstackError, KernelError
 from flatstack.kernel.libc import SYS, check, libc, syscall
+from flatstack.kernel.names import RLIMITS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,13 +41,6 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 CLOSE_RANGE_CLOEXEC = 1 << 2
 
-#: RLIMIT_* name -> resource number (asm-generic/resource.h; x86_64 and arm64 agree).
-RLIMITS: dict[str, int] = {
-    "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3,
-    "RLIMIT_CORE": 4, "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7,
-    "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9, "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11,
-    "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13, "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
-}
 RLIMIT_NAMES: dict[int, str] = {v: k for k, v in RLIMITS.items()}
 #: The runtime-spec's "unlimited" (uint64 max); anything >= 2**63 means infinity here.
 RLIM_INFINITY = 0xFFFFFFFFFFFFFFFF
@@ -78,13 +72,6 @@ PERSONALITY_FLAGS: dict[str, int] = {
     "ADDR_LIMIT_3GB": 0x8000000,
 }
 PERSONALITY_QUERY = 0xFFFFFFFF
-
-# Syscalls libc.py does not list; numbers per architecture.
-_LOCAL_SYSCALLS: dict[str, dict[str, int]] = {
-    "x86_64": {"sched_setattr": 314, "sched_getattr": 315, "ioprio_get": 252},
-    "aarch64": {"sched_setattr": 274, "sched_getattr": 275, "ioprio_get": 31},
-}
-_LOCAL = _LOCAL_SYSCALLS.get(os.uname().machine, _LOCAL_SYSCALLS["x86_64"])
 
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                        ctypes.c_ulong]
@@ -217,7 +204,7 @@ def ioprio_set(class_name: str, priority: int, pid: int = 0) -> None:
 
 def ioprio_get(pid: int = 0) -> tuple[int, int]:
     """(class, level) of a process."""
-    value = _raw(_LOCAL["ioprio_get"], IOPRIO_WHO_PROCESS, pid)
+    value = _raw(SYS["ioprio_get"], IOPRIO_WHO_PROCESS, pid)
     if value < 0:
         raise KernelError("ioprio_get", -value)
     return value >> IOPRIO_CLASS_SHIFT, value & 0x1FFF
@@ -255,14 +242,14 @@ def sched_setattr(policy: str, nice: int = 0, priority: int = 0, flags: Iterable
                   runtime: int = 0, deadline: int = 0, period: int = 0, pid: int = 0) -> None:
     """sched_setattr(2) on the calling thread (or ``pid``)."""
     attr = sched_attr(policy, nice, priority, flags, runtime, deadline, period)
-    result = _raw(_LOCAL["sched_setattr"], pid, ctypes.byref(attr), 0)
+    result = _raw(SYS["sched_setattr"], pid, ctypes.byref(attr), 0)
     if result < 0:
         raise KernelError("sched_setattr", -result, policy)
 
 
 def sched_getattr(pid: int = 0) -> SchedAttr:
     attr = SchedAttr()
-    result = _raw(_LOCAL["sched_getattr"], pid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    result = _raw(SYS["sched_getattr"], pid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
     if result < 0:
         raise KernelError("sched_getattr", -result)
     return attr

@@ -14,13 +14,10 @@ import threading
 
 from flatstack.errors import FlatstackError
 from flatstack.kernel import mount as km
+from flatstack.kernel import ns as kns
 from flatstack.kernel.libc import errno_of
-from flatstack.kernel.ns import CLONE_NEWNET, unshare
 
 DEFAULT_RUN_DIR = "/run/flatstack"
-_IFF_UP = 0x1
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
 
 
 class NetnsError(FlatstackError):
@@ -60,18 +57,6 @@ def _prepare_dir(directory: str) -> None:
         pass  # propagation is a nicety; a private mount still works
 
 
-def _loopback_up() -> None:
-    """Bring ``lo`` up in the current thread's network namespace."""
-    import fcntl
-    import socket
-    import struct
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
-
-
 def create(name: str, run_dir: str = DEFAULT_RUN_DIR, *, loopback_up: bool = True) -> str:
     """Create (or reuse) the pinned namespace ``name``; returns its path.
 
@@ -89,9 +74,9 @@ def create(name: str, run_dir: str = DEFAULT_RUN_DIR, *, loopback_up: bool = Tru
     def pin() -> None:
         # Runs in its own OS thread, which ends in the new namespace: nothing to restore.
         try:
-            unshare(CLONE_NEWNET)
+            kns.unshare(kns.CLONE_NEWNET)
             if loopback_up:
-                _loopback_up()
+                kns.loopback_up()
             km.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, None,
                      km.MS_BIND)
         except BaseException as exc:  # reported by the caller

@@ -275,8 +275,7 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
         stage_one(plan)
     cleanup.pids.append(first)
     child_end.close()
-    if plan.console_fd >= 0:
-        os.close(plan.console_fd)
+    plan.close_parent_copies()
     try:
         init_pid = _drive_stage_one(parent_end, plan, first, linux)
         cleanup.pids = [init_pid]

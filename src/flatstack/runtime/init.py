@@ -60,6 +60,14 @@ class LaunchPlan:
         self.close_in_child: list[int] = []
         self.mount_trees: dict[str, int] = {}  # idmapped detached trees, made by the parent
         self.landlock: Any = None  # runtime.landlock.Policy, checked by the parent
+        self.trampoline_fd = -1  # sealed memfd of the exec trampoline, made by preload
+
+    def close_parent_copies(self) -> None:
+        """After fork: the parent's copies of descriptors only the children use."""
+        for fd in (self.console_fd, self.trampoline_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.console_fd = self.trampoline_fd = -1
 
 
 def _fail(channel: Channel, err: BaseException) -> None:
@@ -160,7 +168,7 @@ def preload(plan: LaunchPlan) -> None:
     pivot_root or setns(mnt), flatrun's files and the standard library are out of reach.
     Called by the parent before it forks."""
     from flatstack.kernel import caps, proc  # noqa: F401
-    from flatstack.runtime import process_attrs  # noqa: F401
+    from flatstack.runtime import process_attrs, trampoline  # noqa: F401
 
     config = plan.config
     process = plan.process
@@ -184,6 +192,7 @@ def preload(plan: LaunchPlan) -> None:
         import subprocess  # noqa: F401
 
         from flatstack.runtime import hooks  # noqa: F401
+    plan.trampoline_fd = trampoline.sealed_copy(min_fd=3 + plan.preserve_fds)
 
 
 def stage_two(plan: LaunchPlan) -> None:
@@ -228,22 +237,11 @@ def stage_two(plan: LaunchPlan) -> None:
 
 def _loopback_up() -> None:
     """Bring ``lo`` up in a new network namespace, as runc and crun do."""
-    import _socket
-    import fcntl
-
-    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
     try:
-        request = bytearray(b"lo".ljust(40, b"\0"))  # struct ifreq
-        fcntl.ioctl(sock.fileno(), siocgifflags, request)
-        flags = int.from_bytes(request[16:18], "little") | iff_up
-        request[16:18] = flags.to_bytes(2, "little")
-        fcntl.ioctl(sock.fileno(), siocsifflags, request)
+        ns.loopback_up()
     except OSError as err:
         raise FlatstackError(f"linux.namespaces: network: bringing up lo: "
                              f"{os.strerror(err.errno or 0).lower()}") from None
-    finally:
-        sock.close()
 
 
 def _set_names(config: dict[str, Any]) -> None:
@@ -355,9 +353,15 @@ def finish_process(plan: LaunchPlan) -> None:
         landlock.restrict(ruleset)
     if plan.seccomp_bpf is not None and not early_seccomp:
         _install_seccomp(plan)
-    _seal_fds(plan.preserve_fds)
+    _seal_fds(plan.preserve_fds, plan.trampoline_fd)
+    import _signal  # Python ignores SIGPIPE and SIGXFSZ; ignored stays ignored over execve
+
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+    from flatstack.runtime import trampoline
+
     try:
-        os.execve(path, process["args"], env)
+        trampoline.exec_program(plan.trampoline_fd, path, process["args"], env)
     except OSError as err:
         os.write(2, f"flatrun: exec {path}: {os.strerror(err.errno or 0).lower()}\n".encode())
         os._exit(127 if err.errno == 2 else 126)
@@ -431,11 +435,12 @@ def _wait_exec_fifo(fifo_fd: int) -> None:
     os.close(fifo_fd)
 
 
-def _seal_fds(preserve: int) -> None:
-    """Only stdio and the preserved fds reach the container process."""
+def _seal_fds(preserve: int, trampoline_fd: int) -> None:
+    """Only stdio and the preserved fds reach the container process (the trampoline's
+    memfd is close-on-exec: it is gone once the trampoline runs)."""
     from flatstack.kernel import proc
 
-    keep = set(range(3 + preserve))
+    keep = set(range(3 + preserve)) | {trampoline_fd}
     for fd in range(3, 3 + preserve):
         try:
             os.set_inheritable(fd, True)

@@ -488,14 +488,25 @@ def _verified_dev_null() -> int:
     return fd
 
 
-def mask_path(path: str) -> None:
-    """Hide ``path``: /dev/null over a file, an empty read-only tmpfs over a directory."""
+def _open_existing(path: str) -> int | None:
+    """An O_PATH fd to ``path`` without following symlinks; None if absent or a link.
+
+    Masked and read-only paths the kernel does not have (or that the image made
+    symlinks) are skipped, as runc does.
+    """
     try:
-        fd = m.openat2(-100, path, os.O_PATH | os.O_NOFOLLOW, 0, m.RESOLVE_NO_SYMLINKS)
+        return m.openat2(-100, path, os.O_PATH | os.O_NOFOLLOW, 0, m.RESOLVE_NO_SYMLINKS)
     except KernelError as err:
         if err.errno in (errno.ENOENT, errno.ELOOP):
-            return
+            return None
         raise
+
+
+def mask_path(path: str) -> None:
+    """Hide ``path``: /dev/null over a file, an empty read-only tmpfs over a directory."""
+    fd = _open_existing(path)
+    if fd is None:
+        return
     try:
         st = os.fstat(fd)
         target = m.fd_path(fd)
@@ -513,12 +524,9 @@ def mask_path(path: str) -> None:
 
 def readonly_path(path: str) -> None:
     """Bind ``path`` onto itself read-only."""
-    try:
-        fd = m.openat2(-100, path, os.O_PATH | os.O_NOFOLLOW, 0, m.RESOLVE_NO_SYMLINKS)
-    except KernelError as err:
-        if err.errno in (errno.ENOENT, errno.ELOOP):
-            return
-        raise
+    fd = _open_existing(path)
+    if fd is None:
+        return
     try:
         target = m.fd_path(fd)
         m.mount(target, target, None, m.MS_BIND | m.MS_REC)

@@ -39,7 +39,7 @@ def proxy(master: int, stdin: int = 0, stdout: int = 1) -> None:
         import tty
 
         saved = termios.tcgetattr(stdin)
-        tty.setraw(stdin)
+        tty.setraw(stdin, termios.TCSANOW)  # keep input typed ahead
         copy_winsize(stdin, master)
     try:
         watch = [master, stdin]

@@ -17,11 +17,25 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC
+#: What a write to a cgroup the caller was not delegated fails with (rootless: skip it).
+DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def why(err: OSError) -> str:
     """An errno as a lowercase reason."""
     return os.strerror(err.errno or 0).lower()
+
+
+def add_proc(directory: str, pid: bytes) -> None:
+    """Move the process ``pid`` (its number as ASCII) into the cgroup ``directory``.
+
+    Raises OSError: the callers know which hierarchy failed and word the error.
+    """
+    fd = os.open(f"{directory}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, pid)
+    finally:
+        os.close(fd)
 
 
 def write(directory: str, name: str, value: str | int, field: str) -> None:

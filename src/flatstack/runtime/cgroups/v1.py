@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 KNOWN = frozenset(("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
                    "net_prio", "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc"))
-_DENY_EDIT_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class V1Manager(CgroupManager):
@@ -93,7 +92,7 @@ class V1Manager(CgroupManager):
             try:
                 _fs.mkdir_p(directory, self.created)
             except _fs.MkdirError as err:
-                if self.rootless and err.errno in _DENY_EDIT_ERRNOS:
+                if self.rootless and err.errno in _fs.DENIED:
                     del self.paths[key]  # not delegated to us: run without it
                     continue
                 raise
@@ -122,13 +121,9 @@ class V1Manager(CgroupManager):
         data = str(pid).encode()
         for key, directory in self.paths.items():
             try:
-                fd = os.open(f"{directory}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
+                _fs.add_proc(directory, data)
             except OSError as err:
-                if self.rootless and err.errno in _DENY_EDIT_ERRNOS:
+                if self.rootless and err.errno in _fs.DENIED:
                     continue
                 raise CgroupError(f"cannot move process {pid} into {directory} "
                                   f"(cgroup {key or 'unified'}): {_fs.why(err)}") from None

@@ -22,7 +22,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _max(value: int) -> str | int:
@@ -65,7 +64,7 @@ class V2Manager(CgroupManager):
         try:
             _fs.mkdir_p(self.dir, self.created)
         except _fs.MkdirError as err:
-            if self.rootless and err.errno in _DENIED:
+            if self.rootless and err.errno in _fs.DENIED:
                 self.paths = {}
                 return
             raise
@@ -100,13 +99,9 @@ class V2Manager(CgroupManager):
         if not self.paths:
             return
         try:
-            fd = os.open(f"{self.dir}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, str(pid).encode())
-            finally:
-                os.close(fd)
+            _fs.add_proc(self.dir, str(pid).encode())
         except OSError as err:
-            if self.rootless and err.errno in _DENIED:
+            if self.rootless and err.errno in _fs.DENIED:
                 return
             raise CgroupError(f"cannot move process {pid} into {self.dir}: "
                               f"{_fs.why(err)}") from None

@@ -150,8 +150,7 @@ def exec_process(opts: ExecOptions) -> int:
         parent_end.close()
         _exec_stage_one(plan)
     child_end.close()
-    if plan.console_fd >= 0:
-        os.close(plan.console_fd)
+    plan.close_parent_copies()
     pid = 0
     try:
         if cgroup is not None:
@@ -227,7 +226,21 @@ def _exec_stage_one(plan: LaunchPlan) -> None:
 
         proc.set_dumpable(False)
         mount_fd = -1
-        for flag, path in plan.joins:
+        joins = plan.joins
+        if plan.in_userns and os.geteuid() == 0:
+            # A namespace the container joined by path may belong to the host's user
+            # namespace (an engine's CNI netns): setns to it is refused from inside the
+            # container's user namespace, so join what host root can first.
+            joins = []
+            for flag, path in plan.joins:
+                if flag in (ns.CLONE_NEWUSER, ns.CLONE_NEWNS):
+                    joins.append((flag, path))
+                    continue
+                try:
+                    ns.join_path(path, flag)
+                except FlatstackError:
+                    joins.append((flag, path))
+        for flag, path in joins:
             if flag == ns.CLONE_NEWNS:
                 mount_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 continue

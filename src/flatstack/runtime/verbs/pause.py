@@ -14,31 +14,29 @@ def _manager(container: Container):
     return manager_from_state(container.data["cgroup"])
 
 
-def pause(root: str, container_id: str) -> None:
-    """Freeze every process of a running container."""
+def _set_paused(root: str, container_id: str, paused: bool) -> None:
     container = Container.load(root, container_id)
     container.lock()
     try:
         status = container.status()
-        if status != "running":
-            raise InvalidState(f"cannot pause container {container_id}: it is {status}")
-        _manager(container).freeze()
-        container.data["paused"] = True
+        wanted, verb = ("running", "pause") if paused else ("paused", "resume")
+        if status != wanted:
+            raise InvalidState(f"cannot {verb} container {container_id}: it is {status}")
+        if paused:
+            _manager(container).freeze()
+        else:
+            _manager(container).thaw()
+        container.data["paused"] = paused
         container.save()
     finally:
         container.unlock()
+
+
+def pause(root: str, container_id: str) -> None:
+    """Freeze every process of a running container."""
+    _set_paused(root, container_id, True)
 
 
 def resume(root: str, container_id: str) -> None:
     """Thaw a paused container."""
-    container = Container.load(root, container_id)
-    container.lock()
-    try:
-        status = container.status()
-        if status != "paused":
-            raise InvalidState(f"cannot resume container {container_id}: it is {status}")
-        _manager(container).thaw()
-        container.data["paused"] = False
-        container.save()
-    finally:
-        container.unlock()
+    _set_paused(root, container_id, False)

@@ -23,12 +23,13 @@ class SupervisorClient:
                 sock.settimeout(self.timeout)
                 sock.connect(self.socket_path)
                 sock.sendall(request)
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = sock.recv(65536)
+                chunks = []  # a list, not bytes +=: exec replies can be megabytes
+                while not chunks or not chunks[-1].endswith(b"\n"):
+                    chunk = sock.recv(1 << 20)
                     if not chunk:
                         break
-                    data += chunk
+                    chunks.append(chunk)
+                data = b"".join(chunks)
         except OSError as err:
             raise FlatstackError(f"supervisor at {self.socket_path}: "
                                  f"{err.strerror or err}".lower()) from None

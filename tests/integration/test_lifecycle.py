@@ -196,3 +196,40 @@ def test_exec_in_stopped_container_fails(flatrun: Flatrun, make_bundle: Bundles)
     result = flatrun("exec", cid, "true", check=False)
     assert result.returncode == 1
     assert "cannot exec in a stopped container" in result.stderr
+
+
+HOLDER = r"""
+import os, resource, sys
+sys.path.insert(0, sys.argv[1])
+from flatstack.runtime.create import CreateOptions, create
+from flatstack.runtime.verbs.start import start
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(1100)]
+container = create(CreateOptions(root=sys.argv[2], container_id=sys.argv[3],
+                                 bundle=sys.argv[4]), subreaper=True)
+container.unlock()
+start(sys.argv[2], sys.argv[3])
+_, status = os.waitpid(container.pid, 0)
+print("held", len(held), "exit", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+def test_a_caller_holding_many_fds_does_not_starve_the_init(
+        flatrun: Flatrun, make_bundle: Bundles, tmp_path: Path) -> None:
+    """A long-lived caller (the engine's supervisor) may hold more descriptors than the
+    spec's RLIMIT_NOFILE (1024 here); the forked init must drop them, not run out of
+    descriptor numbers when it opens files after setting the limit."""
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    bundle = make_bundle(["sh", "-c", "ulimit -n; ls /proc/self/fd | wc -l"])
+    cid = flatrun.new_id()
+    out = tmp_path / "holder.out"
+    with open(out, "w") as f:
+        subprocess.run([sys.executable, "-c", HOLDER, src, flatrun.root, cid, bundle],
+                       stdout=f, stderr=subprocess.STDOUT, timeout=60, check=False)
+    lines = out.read_text().split()
+    assert lines[:2] == ["1024", "4"], out.read_text()  # stdio plus ls's own directory fd
+    assert lines[2:] == ["held", "1100", "exit", "0"], out.read_text()

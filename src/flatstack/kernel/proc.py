@@ -317,29 +317,33 @@ def set_cpu_affinity(cpus: str, pid: int = 0) -> None:
 # -- file descriptors ----------------------------------------------------------
 
 
-def close_fds_from(first: int, keep: set[int] | frozenset[int] = frozenset()) -> None:
-    """Mark every fd >= ``first`` close-on-exec, except those in ``keep``.
+def close_fds_from(first: int, keep: set[int] | frozenset[int] = frozenset(), *,
+                   now: bool = False) -> None:
+    """Mark every fd >= ``first`` close-on-exec (``now``: close it), except ``keep``.
 
-    Uses close_range(CLOSE_RANGE_CLOEXEC) (Linux 5.11), else walks /proc/self/fd.
+    Uses close_range (Linux 5.11 for CLOSE_RANGE_CLOEXEC), else walks /proc/self/fd.
     """
     start = first
     for fd in [*sorted(k for k in keep if k >= first), None]:
         end = 0xFFFFFFFF if fd is None else fd - 1
         if end >= start:
             result = _raw(SYS["close_range"], ctypes.c_uint(start), ctypes.c_uint(end),
-                          ctypes.c_uint(CLOSE_RANGE_CLOEXEC))
+                          ctypes.c_uint(0 if now else CLOSE_RANGE_CLOEXEC))
             if result < 0:
-                _cloexec_walk(start, end)
+                _cloexec_walk(start, end, now)
         if fd is not None:
             start = fd + 1
 
 
-def _cloexec_walk(start: int, end: int) -> None:
+def _cloexec_walk(start: int, end: int, now: bool) -> None:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if start <= fd <= end:
             try:
-                os.set_inheritable(fd, False)
+                if now:
+                    os.close(fd)
+                else:
+                    os.set_inheritable(fd, False)
             except OSError:
                 pass
 

@@ -62,6 +62,16 @@ class LaunchPlan:
         self.landlock: Any = None  # runtime.landlock.Policy, checked by the parent
         self.trampoline_fd = -1  # sealed memfd of the exec trampoline, made by preload
 
+    def drop_inherited_fds(self) -> None:
+        """In a forked child: close everything the parent held but the children do not
+        use (a long-lived caller such as the engine's supervisor may hold thousands,
+        and the spec's RLIMIT_NOFILE applies to the init's next open)."""
+        from flatstack.kernel import proc
+
+        keep = {self.channel.read_fd, self.channel.write_fd, self.fifo_fd, self.console_fd,
+                self.trampoline_fd, *self.mount_trees.values()}
+        proc.close_fds_from(3 + self.preserve_fds, keep, now=True)
+
     def close_parent_copies(self) -> None:
         """After fork: the parent's copies of descriptors only the children use."""
         for fd in (self.console_fd, self.trampoline_fd):
@@ -95,6 +105,7 @@ def stage_one(plan: LaunchPlan) -> None:
     try:
         for fd in plan.close_in_child:
             os.close(fd)
+        plan.drop_inherited_fds()
         if "rootfs" in plan.mount_trees:
             os.chdir(plan.rootfs)  # still host root: the tree is attached on the cwd
         for flag, path in plan.joins:

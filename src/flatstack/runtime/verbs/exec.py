@@ -221,6 +221,7 @@ def _exec_stage_one(plan: LaunchPlan) -> None:
     """Join the container's namespaces, fork into its PID namespace.  Never returns."""
     channel = plan.channel
     try:
+        plan.drop_inherited_fds()
         channel.expect("cgroup")
         from flatstack.kernel import proc
 

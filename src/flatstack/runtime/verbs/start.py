@@ -37,7 +37,9 @@ def start(root: str, container_id: str) -> None:
         if hooks:
             from flatstack.runtime.hooks import run_hooks
 
-            state = container.oci_state()
+            # The process was started; a short one may already be gone, but the hooks
+            # describe the start (runtime-tools' hooks_stdin expects "running").
+            state = dict(container.oci_state(), status="running")
             for failure in run_hooks({"hooks": {"poststart": hooks}}, "poststart", state,
                                      strict=False):
                 os.write(2, f"flatrun: warning: {failure}\n".encode())

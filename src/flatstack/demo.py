@@ -1,47 +1,400 @@
-"""``make run``: build a busybox bundle and run a container through flatrun."""
+"""``make run``: a daemon on private directories and a busybox web server on a published port.
+
+Part 1 runs one container from a bundle with ``flatrun`` alone. Part 2 starts
+``flatstack daemon`` on its own state dir (default ``/var/lib/flatstack-demo``), run
+dir (``/run/flatstack-demo``: socket, supervisor, netns) and bridge (``fsdemo0``), so
+it never meets a daemon already running; builds (once) a busybox image with umoci
+from Debian's busybox-static, imports it, runs ``httpd`` with a published port,
+fetches the page over 127.0.0.1 and walks through ps, logs, stats and exec. Then it
+removes the container, the daemon, the supervisor, the bridge and the netns
+directory, also on failure and Ctrl-C; a run interrupted by SIGKILL is cleaned up
+by the next one. Needs root and no network access.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import fcntl
 import os
+import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from typing import TextIO
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-SCRIPT = (
+BIN = os.path.join(REPO, ".venv", "bin")
+IMAGE = "localhost/flatstack-demo:1"
+NAME = "demo-web"
+PAGE = ("<h1>hello from flatstack</h1>\n"
+        "<p>busybox httpd in a container, behind a published port</p>\n")
+BUNDLE_SCRIPT = (
     "echo \"hello from $(hostname), pid $$ in its own pid namespace\"; "
-    "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; "
-    "echo \"uid_map: $(cat /proc/self/uid_map | tr -s ' ')\"; "
-    "echo \"processes visible: $(ls -d /proc/[0-9]* | wc -l)\"; "
-    "echo \"root filesystem: $(touch /probe 2>&1 || true)\""
+    "echo \"uid_map: $(tr -s ' ' < /proc/self/uid_map)\"; "
+    "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status"
 )
 
 
-def main() -> int:
-    """Build the bundle, run it, print what happened."""
-    from flatstack.tools.busybox import build_bundle
+class DemoError(Exception):
+    """A step failed; the message says which and why."""
 
-    flatrun = os.path.join(REPO, ".venv", "bin", "flatrun")
-    work = tempfile.mkdtemp(prefix="flatstack-demo-")
-    root = os.path.join(work, "state")
-    bundle = os.path.join(work, "bundle")
-    try:
-        print(f"building a busybox bundle from Debian's busybox-static in {bundle}")
-        build_bundle(bundle, ["sh", "-c", SCRIPT])
-        cid = f"demo-{os.getpid()}"
-        print(f"$ flatrun --root {root} run --bundle {bundle} {cid}")
+
+class Demo:
+    """One demo run: the daemon it starts and everything it has to undo."""
+
+    def __init__(self, state_dir: str, run_dir: str, *, bridge: str = "fsdemo0",
+                 subnet: str = "10.89.240.0/24", port: int = 8080,
+                 out: TextIO | None = None) -> None:
+        self.state = os.path.abspath(state_dir)
+        self.run_dir = os.path.abspath(run_dir)
+        self.socket = os.path.join(self.run_dir, "api.sock")
+        self.runtime = os.path.join(self.run_dir, "runtime")
+        self.bridge, self.subnet, self.port = bridge, subnet, port
+        self.out = out
+        self.daemon: subprocess.Popen[bytes] | None = None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLATSTACK_")}
+        self.env = {**env, "FLATSTACK_SOCKET": self.socket}
+        self.page = ""
+        self._step = 0
+
+    # -- output -------------------------------------------------------------------------
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out or sys.stdout, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self._step += 1
+        self.say(f"\n[{self._step}] {title}")
         started = time.monotonic()
-        proc = subprocess.run([flatrun, "--root", root, "run", "--bundle", bundle, cid],
-                              check=False)
-        elapsed = (time.monotonic() - started) * 1000
-        print(f"container {cid} exited with status {proc.returncode} after {elapsed:.1f} ms; "
-              "its state, cgroup and mounts are gone")
-        return proc.returncode
+        yield
+        self.say(f"    ({(time.monotonic() - started) * 1000:.0f} ms)")
+
+    def flatstack(self, *args: str, check: bool = True, show: bool = True,
+                  ) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI as a user would, echoing the command and its output."""
+        if show:
+            self.say("    $ flatstack " + shlex.join(args))
+        proc = subprocess.run([os.path.join(BIN, "flatstack"), *args], env=self.env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        if show:
+            for line in (proc.stdout + proc.stderr).splitlines():
+                self.say("      " + line)
+        if check and proc.returncode != 0:
+            raise DemoError(f"flatstack {' '.join(args)} exited {proc.returncode}: "
+                            f"{proc.stderr.strip()}")
+        return proc
+
+    # -- part 1: flatrun alone ------------------------------------------------------------
+    def flatrun_bundle(self) -> None:
+        from flatstack.oci.defaults import default_spec
+        from flatstack.tools.busybox import build_bundle
+
+        with self.step("flatrun alone: one container from an OCI bundle"):
+            work = tempfile.mkdtemp(prefix="flatstack-demo-bundle-")
+            try:
+                # `flatrun spec`'s hardened default with a private id range (userns auto)
+                bundle = build_bundle(os.path.join(work, "bundle"), ["sh", "-c", BUNDLE_SCRIPT],
+                                      config=default_spec(userns=True))
+                cid = f"demo-{os.getpid()}"
+                self.say(f"    $ flatrun --root {work}/state run --bundle {bundle} {cid}")
+                proc = subprocess.run([os.path.join(BIN, "flatrun"), "--root",
+                                       os.path.join(work, "state"), "run", "--bundle", bundle,
+                                       cid], capture_output=True, text=True, check=False,
+                                      timeout=60)
+                for line in (proc.stdout + proc.stderr).splitlines():
+                    self.say("      " + line)
+                if proc.returncode != 0:
+                    raise DemoError(f"flatrun run exited {proc.returncode}")
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+    # -- part 2: the engine ---------------------------------------------------------------
+    def image_layout(self) -> str:
+        """The demo image as an OCI layout made by umoci (built once, then reused)."""
+        from flatstack.tools.busybox import build_rootfs
+
+        layout = os.path.join(self.state, "demo-image")
+        if os.path.exists(os.path.join(layout, "index.json")):
+            self.say(f"    reusing the OCI layout {layout}")
+            return layout
+        self.say(f"    building {layout} with umoci from Debian's busybox-static")
+        work = tempfile.mkdtemp(prefix="flatstack-demo-image-")
+        partial = layout + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            # umoci's own flow (new, unpack, fill the rootfs, repack): `umoci insert`
+            # 0.4.7 writes a layer whose tar stream lacks its final padding
+            bundle = os.path.join(work, "bundle")
+            tag = f"{partial}:1"
+            _umoci("init", "--layout", partial)
+            _umoci("new", "--image", tag)
+            _umoci("unpack", "--image", tag, bundle)
+            rootfs = build_rootfs(os.path.join(bundle, "rootfs"))
+            os.makedirs(os.path.join(rootfs, "www"))
+            with open(os.path.join(rootfs, "www", "index.html"), "w") as f:
+                f.write(PAGE)
+            _umoci("repack", "--image", tag, bundle)
+            _umoci("config", "--image", tag, "--os", "linux", "--architecture", "amd64",
+                   "--config.env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                   "--config.exposedports", "80/tcp",
+                   *[a for word in ("httpd", "-f", "-v", "-p", "80", "-h", "/www")
+                     for a in ("--config.cmd", word)])
+            os.replace(partial, layout)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(partial, ignore_errors=True)
+        return layout
+
+    def start_daemon(self) -> None:
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        argv = ["daemon", "--state-dir", self.state, "--socket", self.socket,
+                "--runtime-root", self.runtime, "--bridge", self.bridge, "--subnet",
+                self.subnet]
+        self.say("    $ flatstack " + " ".join(argv) + " &")
+        log_path = os.path.join(self.run_dir, "daemon.log")
+        with open(log_path, "ab") as log:
+            self.daemon = subprocess.Popen([os.path.join(BIN, "flatstack"), *argv],
+                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                           env=self.env, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not self._answers():
+            if self.daemon.poll() is not None or time.monotonic() > deadline:
+                with open(log_path, errors="replace") as f:
+                    tail = f.read()[-2000:]
+                raise DemoError(f"the daemon did not start (log {log_path}):\n{tail}")
+            time.sleep(0.05)
+        self.say(f"    daemon pid {self.daemon.pid} answers on {self.socket}")
+
+    def _answers(self) -> bool:
+        from flatstack.api.client import Client
+        from flatstack.errors import FlatstackError
+
+        try:
+            Client(self.socket, timeout=2).call("GET", "/v1/version")
+            return True
+        except (FlatstackError, OSError):
+            return False
+
+    def import_image(self, layout: str) -> None:
+        """Import (again: the store keeps each blob once, so a second import is cheap)."""
+        self.flatstack("image", "import", "--name", IMAGE, layout)
+
+    def run_web(self) -> None:
+        self.flatstack("run", "-d", "--name", NAME, "-p", f"{self.port}:80", IMAGE)
+
+    def fetch(self) -> None:
+        url = f"http://127.0.0.1:{self.port}/"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    self.page = resp.read().decode()
+                    break
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    raise DemoError(f"GET {url}: {err}") from None
+                time.sleep(0.05)
+        self.say(f"    GET {url} -> {resp.status}")
+        for line in self.page.splitlines():
+            self.say("      " + line)
+
+    def show_identity(self) -> None:
+        self.flatstack("exec", NAME, "id")
+        words = self.flatstack("exec", NAME, "cat", "/proc/self/uid_map").stdout.split()
+        if len(words) == 3 and words[0] == "0":
+            self.say(f"    uid 0 in the container is host uid {words[1]} ({words[2]} ids from "
+                     "there): an unprivileged range of its own, not the host's root")
+
+    # -- teardown ---------------------------------------------------------------------
+    def teardown(self) -> None:
+        """Remove everything this demo (or an interrupted earlier one) left; never
+        raises, says what it removed."""
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self._teardown()
+        finally:  # a Ctrl-C that came meanwhile is raised now, after the cleanup
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _teardown(self) -> None:
+        from flatstack.api.client import Client
+        from flatstack.engine.client import SupervisorClient
+        from flatstack.errors import FlatstackError
+        from flatstack.network import netns
+
+        if self._answers():
+            try:
+                api = Client(self.socket, timeout=60)
+                for c in api.call("GET", "/v1/containers", params={"all": True}):
+                    api.call("DELETE", f"/v1/containers/{c['id']}", params={"force": True})
+                    self.say(f"    removed container {c['name'] or c['id'][:12]}")
+            except (FlatstackError, OSError) as err:
+                self.say(f"    removing containers: {err}")
+        self._stop_daemon()
+        try:
+            supervisor = SupervisorClient(os.path.join(self.run_dir, "supervisor.sock"),
+                                          timeout=5)
+            pid = int(supervisor.call("ping")["pid"])
+            supervisor.call("shutdown")
+            deadline = time.monotonic() + 10  # it answers first, then leaves its loop
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.say(f"    supervisor pid {pid} stopped")
+        except (FlatstackError, OSError, KeyError, TypeError, ValueError):
+            pass
+        if subprocess.run(["ip", "link", "del", self.bridge], capture_output=True,
+                          check=False).returncode == 0:
+            self.say(f"    bridge {self.bridge} removed")
+        try:
+            netns.release_dir(self.run_dir)
+        except (FlatstackError, OSError) as err:
+            self.say(f"    netns directory: {err}")
+
+    def _stop_daemon(self) -> None:
+        pid = self.daemon.pid if self.daemon is not None else _read_pid(
+            os.path.join(self.run_dir, "daemon.pid"))
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if self.daemon is not None:
+            try:
+                self.daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+            self.daemon = None
+        else:
+            deadline = time.monotonic() + 20
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.say(f"    daemon pid {pid} stopped")
+
+    # -- the whole run ------------------------------------------------------------------
+    def run(self, *, bundle: bool = True) -> None:
+        started = time.monotonic()
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        lock = _lock(os.path.join(self.run_dir, "demo.lock"))
+        try:
+            if bundle:
+                self.flatrun_bundle()
+            if self._answers() or os.path.exists(os.path.join(self.run_dir, "daemon.pid")):
+                with self.step("cleaning up what an interrupted earlier run left"):
+                    self.teardown()
+            try:
+                with self.step(f"the demo image {IMAGE}"):
+                    layout = self.image_layout()
+                with self.step(f"start a daemon on {self.state} and {self.run_dir} "
+                               f"(bridge {self.bridge}, {self.subnet})"):
+                    self.start_daemon()
+                with self.step("import the image"):
+                    self.import_image(layout)
+                with self.step(f"run httpd, port {self.port} published to 80"):
+                    self.run_web()
+                with self.step("fetch the page from the host (kernel DNAT, no proxy)"):
+                    self.fetch()
+                with self.step("ps, logs, stats"):
+                    self.flatstack("ps")
+                    self.flatstack("logs", NAME)
+                    self.flatstack("stats", "--no-stream", NAME)
+                with self.step("exec: who is root in the container?"):
+                    self.show_identity()
+                with self.step("stop and remove the container"):
+                    self.say("    (httpd, pid 1 of its namespace, ignores SIGTERM: SIGKILL after "
+                             "-t 1 s, as docker and podman do)")
+                    self.flatstack("stop", "-t", "1", NAME)
+                    self.flatstack("rm", NAME)
+            finally:
+                with self.step("stop the daemon and the supervisor, remove bridge and netns"):
+                    self.teardown()
+        finally:
+            os.close(lock)
+        self.say(f"\ndone in {time.monotonic() - started:.1f} s; nothing left running "
+                 f"(the image stays in {self.state} for the next run)")
+
+
+def _umoci(*argv: str) -> None:
+    proc = subprocess.run(["umoci", *argv], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise DemoError(f"umoci {argv[0]}: {proc.stderr.strip()}")
+
+
+def _lock(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DemoError(f"another demo holds {path}; wait for it to finish") from None
+    return fd
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _free_port(preferred: int) -> int:
+    """``preferred`` when nothing listens on it, else a port the kernel picks."""
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", preferred))
+            return preferred
+        except OSError:
+            s.bind(("0.0.0.0", 0))
+            return int(s.getsockname()[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flatstack.demo [--state-dir DIR] [--run-dir DIR] [--port N]``."""
+    parser = argparse.ArgumentParser(prog="flatstack.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--state-dir", default="/var/lib/flatstack-demo")
+    parser.add_argument("--run-dir", default="/run/flatstack-demo")
+    parser.add_argument("--bridge", default="fsdemo0")
+    parser.add_argument("--subnet", default="10.89.240.0/24")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--no-bundle", action="store_true", help="skip the flatrun part")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the demo needs root (namespaces, mounts, a bridge)", file=sys.stderr)
+        return 1
+    demo = Demo(args.state_dir, args.run_dir, bridge=args.bridge, subnet=args.subnet,
+                port=_free_port(args.port))
+    # SIGTERM as Ctrl-C: both unwind through the teardown (restored afterwards, so a
+    # caller such as a test process keeps its own disposition)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        demo.run(bundle=not args.no_bundle)
+    except DemoError as err:
+        print(f"demo failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; cleaned up", file=sys.stderr)
+        return 130
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+    return 0
 
 
 if __name__ == "__main__":

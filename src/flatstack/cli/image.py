@@ -1,43 +1,38 @@
-"""``flatstack image ...``: pull, import, list, inspect, remove, prune, unpack."""
+"""``flatstack image ...``: pull, import, list, inspect, remove, prune, unpack.
+
+Through the daemon's API by default (``--socket`` / ``FLATSTACK_SOCKET``). With
+``--state-dir`` (or ``FLATSTACK_STATE_DIR``) the commands work on that store directly,
+without a daemon, as podman does with ``--root`` (the store's locks make that safe
+beside a running daemon).
+"""
 
 from __future__ import annotations
 
-import functools
 import json
+import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 
+from flatstack.cli._api import client, errors
 from flatstack.errors import FlatstackError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Images: pull, import, ls, inspect, rm, prune, unpack.")
 _state: dict[str, str | None] = {"dir": None}
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @app.callback()
 def _options(state_dir: str = typer.Option(
         None, "--state-dir", envvar="FLATSTACK_STATE_DIR", metavar="DIR",
-        help="State directory (default /var/lib/flatstack).")) -> None:
+        help="Work on this state directory's store directly, without the daemon.")) -> None:
     """Images: pull, import, ls, inspect, rm, prune, unpack."""
     _state["dir"] = state_dir
 
 
-def _errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except FlatstackError as err:
-            typer.echo(f"flatstack: {err}", err=True)
-            raise typer.Exit(err.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("flatstack: interrupted", err=True)
-            raise typer.Exit(130) from None
-    return wrapper  # type: ignore[return-value]
+def _direct() -> bool:
+    return bool(_state["dir"])
 
 
 def _store() -> Any:
@@ -90,8 +85,31 @@ class _Bars:
                              total=total or self.bars.tasks[task].completed)
 
 
+def pull_via_api(body: dict[str, Any]) -> tuple[str, str]:
+    """Pull through the daemon drawing its progress events; (name, digest)."""
+    from flatstack.api.client import path
+
+    result: tuple[str, str] | None = None
+    with _Bars() as bars:
+        for event in client(timeout=None).lines("POST", path("images", "pull"), body=body):
+            kind = event.get("event")
+            if kind == "start":
+                bars.start(event["key"], event.get("description", ""), event.get("total", 0))
+            elif kind == "progress":
+                bars.advance(event["key"], int(event.get("advance", 0)))
+            elif kind == "done":
+                bars.done(event["key"])
+            elif kind == "pulled":
+                result = (event["name"], event["digest"])
+            elif kind == "error":
+                raise FlatstackError(event.get("error", "pull failed"))
+    if result is None:
+        raise FlatstackError("pull: the daemon ended the stream without a result")
+    return result
+
+
 @app.command()
-@_errors
+@errors
 def pull(ref: str,
          platform: str = typer.Option(None, "--platform", help="os/arch[/variant]; "
                                       "default linux/amd64."),
@@ -101,6 +119,12 @@ def pull(ref: str,
          unpack: bool = typer.Option(True, "--unpack/--no-unpack",
                                      help="Unpack the layers after pulling.")) -> None:
     """Pull an image from a registry."""
+    if not _direct():
+        name, digest = pull_via_api({
+            "ref": ref, "platform": platform, "insecure": insecure, "unpack": unpack,
+            "ca_file": os.path.abspath(ca_file) if ca_file else None})
+        typer.echo(f"{name} {digest}")
+        return
     from flatstack.image.registry import pull as do_pull
     from flatstack.image.unpack import unpack_image
 
@@ -114,25 +138,36 @@ def pull(ref: str,
 
 
 @app.command("import")
-@_errors
+@errors
 def import_(path: str,
             name: str = typer.Option(None, "--name", help="Name for the image."),
             platform: str = typer.Option(None, "--platform",
                                          help="os/arch[/variant] for multi-platform input.")
             ) -> None:
     """Import an OCI layout directory, oci-archive or docker-archive tarball."""
-    from flatstack.image.archive import import_image
+    if _direct():
+        from flatstack.image.archive import import_image
 
-    for imported in import_image(_store(), path, name, platform):
+        names = import_image(_store(), path, name, platform)
+    else:
+        from flatstack.api.client import path as api_path
+
+        names = client().call("POST", api_path("images", "import"), body={
+            "path": os.path.abspath(path), "name": name, "platform": platform})["names"]
+    for imported in names:
         typer.echo(imported)
 
 
 @app.command()
-@_errors
+@errors
 def unpack(ref: str) -> None:
-    """Unpack an image's layers (once each); print their directories, bottom first."""
+    """Unpack an image's layers (once each); print their directories, bottom first
+    (works on the store directly: give --state-dir)."""
     from flatstack.image.unpack import unpack_image
 
+    if not _direct():
+        raise FlatstackError("image unpack works on a store directly: give --state-dir "
+                             "(pulls through the daemon unpack already)")
     store = _store()
     with _Bars() as bars:
         dirs = unpack_image(store, ref, bars)
@@ -149,58 +184,79 @@ def _human(n: float) -> str:
 
 
 @app.command("ls")
-@_errors
+@errors
 def ls(fmt: str = typer.Option("table", "--format", help="table or json."),
        quiet: bool = typer.Option(False, "-q", "--quiet", help="Names only.")) -> None:
     """List named images."""
-    images = _store().images()
-    rows = [{"Name": i.name, "Digest": i.digest, "Id": i.config_digest,
-             "Created": i.config.get("created", ""), "Size": i.size} for i in images]
+    if fmt not in ("table", "json"):
+        raise FlatstackError(f"--format: unknown format {fmt!r} (table or json)")
+    if _direct():
+        from flatstack.api.views import image_summary
+
+        rows = [image_summary(i) for i in _store().images()]
+    else:
+        from flatstack.api.client import path
+
+        rows = client().call("GET", path("images"))
     if quiet:
         for r in rows:
             typer.echo(r["Name"])
     elif fmt == "json":
         typer.echo(json.dumps(rows, indent=2))
-    elif fmt == "table":
+    else:
         typer.echo(f"{'NAME':<50} {'DIGEST':<19} {'CREATED':<20} SIZE")
         for r in rows:
             typer.echo(f"{r['Name']:<50} {r['Digest'][:19]:<19} {r['Created'][:19]:<20} "
                        f"{_human(r['Size'])}")
-    else:
-        raise FlatstackError(f"--format: unknown format {fmt!r} (table or json)")
 
 
 @app.command()
-@_errors
+@errors
 def inspect(refs: list[str]) -> None:
     """Print images' manifests and configs as JSON."""
-    store = _store()
-    out = []
-    for ref in refs:
-        i = store.image(ref)
-        out.append({"Name": i.name, "Digest": i.digest, "Id": i.config_digest,
-                    "Created": i.config.get("created"),
-                    "Architecture": i.config.get("architecture"), "Os": i.config.get("os"),
-                    "Size": i.size, "Config": i.config.get("config") or {},
-                    "RootFS": i.config.get("rootfs") or {}, "Manifest": i.manifest})
+    if _direct():
+        from flatstack.api.views import image_detail
+
+        store = _store()
+        out = [image_detail(store.image(ref)) for ref in refs]
+    else:
+        from flatstack.api.client import path
+
+        api = client()
+        out = [api.call("GET", path("images", ref)) for ref in refs]
     typer.echo(json.dumps(out, indent=2))
 
 
 @app.command()
-@_errors
-def rm(refs: list[str]) -> None:
-    """Remove images by name (their blobs go unless another image uses them)."""
+@errors
+def rm(refs: list[str],
+       force: bool = typer.Option(False, "-f", "--force",
+                                  help="Untag even if a container uses the image.")) -> None:
+    """Remove images by name (their blobs go unless another image or a container uses them)."""
+    if not _direct():
+        from flatstack.api.client import path
+
+        api = client()
+        for ref in refs:
+            done = api.call("DELETE", path("images", ref), params={"force": force})
+            typer.echo(f"untagged {done['untagged']}")
+        return
     store = _store()
-    names = [store.lookup(ref)[0] for ref in refs]
-    for name in names:
-        store.untag(name)
+    for ref in [store.lookup(ref)[0] for ref in refs]:
+        name = store.remove(ref, force=force)
         typer.echo(f"untagged {name}")
     store.gc()
 
 
 @app.command()
-@_errors
+@errors
 def prune() -> None:
     """Remove blobs and unpacked layers no named image references."""
-    count, freed = _store().gc()
+    if _direct():
+        count, freed = _store().gc()
+    else:
+        from flatstack.api.client import path
+
+        done = client().call("POST", path("images", "prune"))
+        count, freed = done["removed"], done["freed"]
     typer.echo(f"removed {count} blobs/layers, freed {_human(freed)}")

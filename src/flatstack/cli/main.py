@@ -1,7 +1,10 @@
 """``flatstack``: the engine's command line.
 
 Each command group lives in its own module and registers itself on :data:`app`
-(``flatstack image ...`` in ``cli/image.py``); this module only assembles them.
+(``flatstack image ...`` in ``cli/image.py``, the container commands in
+``cli/containers.py`` and ``cli/run.py``, ``flatstack daemon`` in ``cli/daemon.py``);
+this module only assembles them. Everything but ``daemon`` talks to the daemon's API
+over its socket.
 """
 
 from __future__ import annotations
@@ -15,8 +18,13 @@ app = typer.Typer(name="flatstack", no_args_is_help=True, add_completion=False,
 
 
 @app.callback()
-def _root() -> None:
+def _root(socket: str = typer.Option(
+        None, "--socket", envvar="FLATSTACK_SOCKET", metavar="PATH",
+        help="The daemon's API socket (default /run/flatstack/api.sock).")) -> None:
     """Containers straight on bare metal: images, containers, apps."""
+    from flatstack.cli._api import set_socket
+
+    set_socket(socket)
 
 
 @app.command()
@@ -28,7 +36,7 @@ def version() -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("image",):
+    for name in ("image", "bench"):
         try:
             module = importlib.import_module(f"flatstack.cli.{name}")
         except ModuleNotFoundError as err:
@@ -36,6 +44,11 @@ def _register() -> None:
                 raise
             continue
         app.add_typer(module.app, name=name)
+    from flatstack.cli import apps, containers, daemon
+
+    containers.register(app)
+    daemon.register(app)
+    apps.register(app)
 
 
 def main() -> None:

@@ -68,6 +68,7 @@ import sys
 import time
 from typing import Any
 
+from flatstack._atomic import write_json
 from flatstack.engine.logs import LogWriter, check_options
 from flatstack.errors import FlatstackError
 
@@ -135,12 +136,7 @@ class Supervisor:
 
     def _write(self, cid: str, name: str, data: dict[str, Any]) -> None:
         path = os.path.join(self._dir(cid), name)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
+        write_json(path, data, fsync=True, mode=0o600)
 
     def status(self, cid: str) -> dict[str, Any]:
         record = self._read(cid, RECORD)

@@ -7,6 +7,7 @@ Layout under the state directory (``/var/lib/flatstack`` by default)::
     images/blobs/sha256/<hex>    manifests, configs and layers, deduplicated by digest
     images/tmp/                  blobs and layers being written (same filesystem)
     images/layers/sha256/<hex>   unpacked layers keyed by diff_id (see :mod:`.unpack`)
+    images/holds/<owner>.json    what a container uses (see :meth:`Store.hold`)
 
 Every blob is streamed into ``tmp/`` while hashing and renamed into place only when
 its digest (and size, when known) matches, so a blob path always holds what its
@@ -88,6 +89,7 @@ class Store:
         self.tmp = os.path.join(self.root, "tmp")
         self.layers = os.path.join(self.root, "layers", "sha256")
         self._index = os.path.join(self.root, "index.json")
+        self.holds_dir = os.path.join(self.root, "holds")
         self._new: list[str] | None = None
 
     # -- layout -----------------------------------------------------------------
@@ -263,9 +265,68 @@ class Store:
     def untag(self, name: str) -> None:
         """Forget a name (blobs stay until :meth:`gc`)."""
         with self._lock("index.lock", exclusive=True):
-            index = self._read_index()
-            index["manifests"] = [d for d in index.get("manifests") or [] if _name(d) != name]
-            self._write_atomic(self._index, index)
+            self._untag_locked(name)
+
+    def _untag_locked(self, name: str) -> None:
+        index = self._read_index()
+        index["manifests"] = [d for d in index.get("manifests") or [] if _name(d) != name]
+        self._write_atomic(self._index, index)
+
+    def remove(self, text: str, force: bool = False) -> str:
+        """Untag an image; refused while a container holds it and no other name is left
+        for it, unless ``force`` (its blobs then stay until the last holder releases)."""
+        with self._lock("index.lock", exclusive=True):
+            name, desc = self.lookup(text)
+            digest = desc.get("digest", "")
+            others = [d for d in self.entries() if d.get("digest") == digest and _name(d) != name]
+            users = [h.get("what") or h.get("owner", "?") for h in self.holds()
+                     if h.get("digest") == digest]
+            if users and not others and not force:
+                raise ImageError(f"image {name} is in use by {len(users)} container(s): "
+                                 f"{', '.join(sorted(users))}; remove them first or force "
+                                 "the removal")
+            self._untag_locked(name)
+        return name
+
+    # -- holds: images in use by containers -------------------------------------
+
+    def hold(self, owner: str, image: Image, what: str = "") -> None:
+        """Record that ``owner`` (a container id) uses ``image``: :meth:`gc` keeps its
+        blobs and layers and :meth:`remove` refuses it until :meth:`release`."""
+        if not owner or not all(c.isalnum() or c in "_.-" for c in owner):
+            raise ImageError(f"hold: {owner!r} is not a valid owner name")
+        doc = {"owner": owner, "what": what or owner, "name": image.name,
+               "digest": image.digest,
+               "blobs": [image.digest, image.config_digest,
+                         *(d.get("digest", "") for d in image.layers)],
+               "diff_ids": image.diff_ids}
+        with self._lock("index.lock", exclusive=True):
+            os.makedirs(self.holds_dir, mode=0o700, exist_ok=True)
+            self._write_atomic(os.path.join(self.holds_dir, f"{owner}.json"), doc)
+
+    def release(self, owner: str) -> None:
+        """Drop ``owner``'s hold (no error when it has none)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.holds_dir, f"{owner}.json"))
+
+    def holds(self) -> list[dict[str, Any]]:
+        """Every hold: owner, what, name, digest, blobs, diff_ids."""
+        out = []
+        try:
+            names = sorted(os.listdir(self.holds_dir))
+        except FileNotFoundError:
+            return []
+        for entry in names:
+            if not entry.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.holds_dir, entry)) as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
+        return out
 
     def lookup(self, text: str) -> tuple[str, dict[str, Any]]:
         """Find a named image by reference, full name or manifest digest."""
@@ -312,7 +373,7 @@ class Store:
     # -- garbage collection -----------------------------------------------------
 
     def referenced(self) -> tuple[set[str], set[str]]:
-        """Blob digests and layer diff_ids reachable from named images."""
+        """Blob digests and layer diff_ids reachable from named images or held."""
         blobs: set[str] = set()
         diff_ids: set[str] = set()
         todo = [d.get("digest", "") for d in self.entries()]
@@ -337,6 +398,9 @@ class Store:
                     diff_ids.update(rootfs.get("diff_ids") or [])
             for layer in doc.get("layers") or []:
                 blobs.add(layer.get("digest", ""))
+        for held in self.holds():
+            blobs.update(d for d in held.get("blobs") or [] if isinstance(d, str))
+            diff_ids.update(d for d in held.get("diff_ids") or [] if isinstance(d, str))
         return blobs, diff_ids
 
     def gc(self) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from flatstack._atomic import write_json
 from flatstack.errors import ConfigError, FlatstackError
 from flatstack.network import netns
 from flatstack.network.cni import CNI, DEFAULT_CNI_PATH
@@ -131,9 +132,7 @@ class Networks:
     def _save(self, info: NetworkInfo) -> None:
         os.makedirs(self.records, mode=0o700, exist_ok=True)
         path = self._record_path(info.container_id)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(info.to_json(), f)
-        os.replace(path + ".tmp", path)
+        write_json(path, info.to_json(), mode=0o600)
 
     def info(self, container_id: str) -> NetworkInfo | None:
         """The recorded attachment of a container, if any."""

@@ -14,6 +14,7 @@ import os
 import subprocess
 from typing import Any
 
+from flatstack._atomic import write_json
 from flatstack.errors import FlatstackError
 
 DEFAULT_CNI_PATH = ("/usr/lib/cni", "/opt/cni/bin")
@@ -127,9 +128,7 @@ class CNI:
               entry: dict[str, Any]) -> None:
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
         path = self._cache_path(network, container_id, ifname)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(entry, f)
-        os.replace(path + ".tmp", path)
+        write_json(path, entry, mode=0o600)
 
     def add(self, conflist: dict[str, Any], container_id: str, netns: str, ifname: str = "eth0",
             runtime_config: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from flatstack._atomic import write_json
 from flatstack.errors import ConfigError
 
 DEFAULT_STATE_DIR = "/var/lib/flatstack/networks"
@@ -132,10 +133,7 @@ class NetworkStore:
 
     def _write(self, net: Network) -> None:
         os.makedirs(self.conf_dir, mode=0o700, exist_ok=True)
-        tmp = self._path(net.name) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(asdict(net), f, indent=2)
-        os.replace(tmp, self._path(net.name))
+        write_json(self._path(net.name), asdict(net), indent=2, mode=0o600)
 
     def get(self, name: str) -> Network:
         """The network ``name``; the default one is created on first use."""

@@ -1,0 +1,40 @@
+"""``flatstack daemon``: serve the engine's API (see ``flatstack.api.daemon``)."""
+
+from __future__ import annotations
+
+import typer
+
+from flatstack.cli._api import _state, errors
+
+
+@errors
+def daemon(state_dir: str = typer.Option(None, "--state-dir", envvar="FLATSTACK_STATE_DIR",
+                                         metavar="DIR", help="Images, containers, volumes "
+                                         "(default /var/lib/flatstack)."),
+           socket: str = typer.Option(None, "--socket", metavar="PATH",
+                                      help="API socket (default $FLATSTACK_SOCKET or "
+                                      "/run/flatstack/api.sock); the pidfile and the "
+                                      "supervisor's socket go beside it."),
+           runtime_root: str = typer.Option(None, "--runtime-root",
+                                            envvar="FLATSTACK_RUNTIME_ROOT", metavar="DIR",
+                                            help="The runtime's state (default "
+                                            "/run/flatstack/runtime)."),
+           bridge: str = typer.Option(None, "--bridge", envvar="FLATSTACK_BRIDGE",
+                                      help="Bridge of the default network (flatstack0)."),
+           subnet: str = typer.Option(None, "--subnet", envvar="FLATSTACK_SUBNET",
+                                      help="Subnet of the default network (10.89.0.0/24)."),
+           log_level: str = typer.Option("info", "--log-level",
+                                         help="debug, info, warning or error.")) -> None:
+    """Serve the REST API on a unix socket (runs in the foreground until SIGTERM)."""
+    from flatstack.api.daemon import serve
+    from flatstack.api.places import Places
+    from flatstack.errors import ConfigError
+
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("--log-level", f"unknown level {log_level!r}")
+    serve(Places.resolve(state_dir, socket or _state["socket"], runtime_root), log_level,
+          bridge, subnet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(daemon)

@@ -1,0 +1,120 @@
+"""A control plane over a private engine node (real containers, real iptables rules)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from flatstack.control.controller import Controller
+from flatstack.control.validate import parse_app
+from tests.engine._engine_support import IMAGE, Node
+from tests.engine._image_support import free_port
+
+# Each instance serves its hostname at /, /alive and /ready while those files exist, and
+# /cgi-bin/work (slow while /tmp/slow exists).
+WORK = ("#!/bin/sh\\n[ -f /tmp/slow ] && sleep 0.3\\necho Content-Type: text/plain\\n"
+        "echo\\necho ok\\n")
+SERVE = ("mkdir -p /tmp/www/cgi-bin && hostname > /tmp/www/index.html && touch /tmp/www/alive "
+         f"/tmp/www/ready && printf '{WORK}' > /tmp/www/cgi-bin/work && "
+         "chmod +x /tmp/www/cgi-bin/work && exec httpd -f -p 8080 -h /tmp/www")
+
+
+def app_doc(name: str = "web", replicas: int = 2, host_port: int | None = None,
+            **spec: Any) -> dict[str, Any]:
+    """An App of busybox httpd instances (``spec`` fields override)."""
+    port: dict[str, Any] = {"name": "http", "containerPort": 8080}
+    if host_port:
+        port["hostPort"] = host_port
+    return {"apiVersion": "flatstack.io/v1", "kind": "App", "metadata": {"name": name},
+            "spec": {"image": IMAGE, "command": ["sh", "-c", SERVE], "ports": [port],
+                     "replicas": replicas, "resources": {"limits": {"memory": "64Mi",
+                                                                    "cpu": "500m"}},
+                     "terminationGracePeriodSeconds": 1, **spec}}
+
+
+class Plane:
+    """A started Controller over a Node; everything it made is removed by ``close``."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.control = Controller(node.engine, state_dir=str(node.state), period=0.2).start()
+        self.store = self.control.store
+        self.reconciler = self.control.reconciler
+
+    def restart(self) -> None:
+        """Stop the controller (instances and rules stay) and start a new one."""
+        self.control.stop()
+        self.control = Controller(self.node.new_engine(), state_dir=str(self.node.state),
+                                  period=0.2).start()
+        self.store = self.control.store
+        self.reconciler = self.control.reconciler
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        self.store.apply(parse_app(doc))
+        self.control.poke()
+
+    def instances(self, app: str = "web") -> list[dict[str, Any]]:
+        return [i for i in self.reconciler.snapshot(app) if i["state"] == "running"]
+
+    def ready(self, app: str = "web") -> list[dict[str, Any]]:
+        return [i for i in self.instances(app) if i["ready"]]
+
+    def containers(self, app: str = "web") -> list[dict[str, Any]]:
+        return [c for c in self.node.engine.list(all=True)
+                if c["labels"].get("flatstack.app") == app]
+
+    def reasons(self, app: str = "web") -> list[str]:
+        return [e.reason for e in self.store.events(app=app)]
+
+    def nat_rules(self) -> str:
+        assert self.control.endpoints is not None
+        tag = self.control.endpoints.tag
+        out = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True,
+                             text=True, check=True).stdout
+        return "\n".join(line for line in out.splitlines() if tag in line)
+
+    def close(self) -> None:
+        self.control.stop()
+        assert self.control.endpoints is not None
+        self.control.endpoints.teardown()
+
+
+def get(host: str, port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
+    """One HTTP/1.0 GET on a new connection: (status, body); (0, error) when it fails."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            chunks = []
+            while data := sock.recv(4096):
+                chunks.append(data)
+    except OSError as err:
+        return 0, str(err)
+    text = b"".join(chunks).decode(errors="replace")
+    head, _, body = text.replace("\r\n", "\n").partition("\n\n")
+    parts = head.split()
+    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0), body.strip()
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+@pytest.fixture(name="plane")
+def plane_fixture(node: Node) -> Iterator[Plane]:
+    made = Plane(node)
+    yield made
+    made.close()
+
+
+__all__ = ["Plane", "app_doc", "free_port", "get", "plane_fixture", "wait_for"]
+

@@ -233,3 +233,27 @@ def test_a_caller_holding_many_fds_does_not_starve_the_init(
     lines = out.read_text().split()
     assert lines[:2] == ["1024", "4"], out.read_text()  # stdio plus ls's own directory fd
     assert lines[2:] == ["held", "1100", "exit", "0"], out.read_text()
+
+
+def test_container_starts_with_default_signal_dispositions(
+        flatrun: Flatrun, make_bundle: Bundles, tmp_path: Path) -> None:
+    """Ignored signals and the blocked mask survive execve; what flatrun's caller
+    ignored (a shell's background job ignores SIGINT, Python SIGPIPE) or blocked must
+    not reach the container's process."""
+    import signal
+    import subprocess
+
+    def hostile_caller() -> None:
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+
+    bundle = make_bundle(["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"])
+    out = tmp_path / "sig.out"
+    with open(out, "w") as f:
+        proc = subprocess.run([flatrun.binary, "--root", flatrun.root, "run", "--bundle",
+                               bundle, flatrun.new_id()], stdout=f, stderr=subprocess.STDOUT,
+                              preexec_fn=hostile_caller, timeout=30, check=False)
+    assert proc.returncode == 0, out.read_text()
+    assert out.read_text().split() == ["SigBlk:", "0000000000000000",
+                                       "SigIgn:", "0000000000000000"]

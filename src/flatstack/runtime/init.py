@@ -365,10 +365,8 @@ def finish_process(plan: LaunchPlan) -> None:
     if plan.seccomp_bpf is not None and not early_seccomp:
         _install_seccomp(plan)
     _seal_fds(plan.preserve_fds, plan.trampoline_fd)
-    import _signal  # Python ignores SIGPIPE and SIGXFSZ; ignored stays ignored over execve
-
-    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
-    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+    # Ignored signals and the signal mask survive execve: the trampoline resets every
+    # disposition to the default and unblocks everything right before the final exec.
     from flatstack.runtime import trampoline
 
     try:

@@ -37,3 +37,23 @@ run()
 PY
 chmod 0755 "$tmp"
 mv "$tmp" "$out"
+
+# flatstack: the venv's interpreter (its compiled dependencies) in isolated mode without
+# site (-I -S), with src/ and site-packages put on sys.path here instead of by site's
+# .pth processing. The CLI's hot commands need only the standard library (see
+# src/flatstack/cli/_fast.py); the rest (typer, the daemon's FastAPI) import from
+# site-packages as usual.
+venv_py="$here/.venv/bin/python3"
+site_packages=$("$venv_py" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+out="$here/.venv/bin/flatstack"
+tmp="$out.tmp.$$"
+cat > "$tmp" <<PY
+#!$venv_py -IS
+import sys
+sys.path.insert(0, "$here/src")
+sys.path.append("$site_packages")
+from flatstack.cli.main import main
+sys.exit(main())
+PY
+chmod 0755 "$tmp"
+mv "$tmp" "$out"

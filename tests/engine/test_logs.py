@@ -7,29 +7,20 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flatstack.engine.logs import LogWriter, read_log
 from flatstack.errors import FlatstackError
-from tests.conftest import Bundles
-from tests.engine.test_supervisor import Node, UniqueBundles, cleanup_node
+from tests.engine.test_supervisor import (  # noqa: F401 - fixtures
+    Node,
+    UniqueBundles,
+    supervisor_node_fixture,
+    unique_bundles_fixture,
+)
 
 ENTRY = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) [FP] .*$")
-
-
-@pytest.fixture
-def make_bundle(make_bundle: Bundles) -> UniqueBundles:
-    return UniqueBundles(make_bundle)
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    n = Node(tmp_path)
-    yield n
-    cleanup_node(n)
 
 
 def _text(pieces: list[tuple[str, bytes]]) -> str:

@@ -11,7 +11,6 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,14 @@ import pytest
 
 from flatstack.engine.stats import collect, cpu_percent, parse_net_dev, v2_counters
 from flatstack.errors import FlatstackError
-from tests.conftest import Bundles
-from tests.engine.test_supervisor import Node, UniqueBundles, cleanup_node
+from tests.engine.test_supervisor import (  # noqa: F401 - fixtures
+    Node,
+    UniqueBundles,
+    supervisor_node_fixture,
+    unique_bundles_fixture,
+)
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def make_bundle(make_bundle: Bundles) -> UniqueBundles:
-    return UniqueBundles(make_bundle)
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    n = Node(tmp_path)
-    yield n
-    cleanup_node(n)
 
 
 def _limits(memory: int) -> Any:

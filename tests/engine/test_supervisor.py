@@ -81,13 +81,15 @@ class UniqueBundles:
         return self.bundles(args, own_rootfs=own_rootfs, edit=both)
 
 
-@pytest.fixture
-def make_bundle(make_bundle: Bundles) -> UniqueBundles:
+@pytest.fixture(name="make_bundle")
+def unique_bundles_fixture(make_bundle: Bundles) -> UniqueBundles:
+    """Bundles with a cgroup path of their own (shared by the engine's I/O tests)."""
     return UniqueBundles(make_bundle)
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
+@pytest.fixture(name="node")
+def supervisor_node_fixture(tmp_path: Path) -> Iterator[Node]:
+    """A supervisor on temporary directories, cleaned up afterwards."""
     n = Node(tmp_path)
     yield n
     cleanup_node(n)

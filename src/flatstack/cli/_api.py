@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
 
-import typer
-
+from flatstack.cli._params import Exit, echo
 from flatstack.errors import FlatstackError
 
-F = TypeVar("F", bound=Callable[..., Any])
+TYPE_CHECKING = False  # the typing module costs ~5 ms of CLI start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
+
 _state: dict[str, str | None] = {"socket": None}
 
 
@@ -20,16 +23,22 @@ def set_socket(path: str | None) -> None:
 
 def client(timeout: float | None = 300.0) -> Any:
     """A client for the daemon at ``--socket`` / ``$FLATSTACK_SOCKET`` / the default."""
+    import os
+
     from flatstack.api.client import Client
-    from flatstack.api.places import default_socket
 
-    return Client(_state["socket"] or default_socket(), timeout=timeout)
+    path = _state["socket"] or os.environ.get("FLATSTACK_SOCKET")
+    if not path:  # places.py needs dataclasses (~10 ms of imports): only when needed
+        from flatstack.api.places import default_socket
+
+        path = default_socket()
+    return Client(path, timeout=timeout)
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = 1) -> Exit:
     """Print ``flatstack: message`` on stderr; the Exit to raise."""
-    typer.echo(f"flatstack: {message}", err=True)
-    return typer.Exit(code)
+    echo(f"flatstack: {message}", err=True)
+    return Exit(code)
 
 
 def errors(fn: F) -> F:
@@ -44,5 +53,5 @@ def errors(fn: F) -> F:
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except BrokenPipeError:
-            raise typer.Exit(141) from None
+            raise Exit(141) from None
     return wrapper  # type: ignore[return-value]

@@ -10,11 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from flatstack.api.client import path as _p
 from flatstack.cli import _format as fmt
 from flatstack.cli._api import client, errors
+from flatstack.cli._params import Argument, Option, echo, to_typer
 from flatstack.errors import ConfigError
 
 _OUTPUTS = ("table", "wide", "json", "yaml")
@@ -22,11 +21,11 @@ _OUTPUTS = ("table", "wide", "json", "yaml")
 
 def _dump(data: Any, output: str) -> None:
     if output == "json":
-        typer.echo(json.dumps(data, indent=2))
+        echo(json.dumps(data, indent=2))
     else:
         import yaml
 
-        typer.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+        echo(yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
 def _check_output(output: str) -> None:
@@ -42,8 +41,8 @@ def _kind(kind: str, allowed: tuple[str, ...]) -> str:
 
 
 @errors
-def apply(file: str = typer.Option(..., "-f", "--filename", help="YAML file ('-': stdin)."),
-          dry_run: bool = typer.Option(False, "--dry-run", help="Show the diff; change "
+def apply(file: str = Option(..., "-f", "--filename", help="YAML file ('-': stdin)."),
+          dry_run: bool = Option(False, "--dry-run", help="Show the diff; change "
                                        "nothing.")) -> None:
     """Create or update apps from a file (App, or Deployment + HorizontalPodAutoscaler)."""
     try:
@@ -54,15 +53,15 @@ def apply(file: str = typer.Option(..., "-f", "--filename", help="YAML file ('-'
     answer = client().call("POST", _p("apps"), body={"manifest": text, "dry_run": dry_run})
     for r in answer["results"]:
         suffix = " (dry run)" if dry_run else ""
-        typer.echo(f"app/{r['name']} {r['action']} (generation {r['generation']}){suffix}")
+        echo(f"app/{r['name']} {r['action']} (generation {r['generation']}){suffix}")
         if dry_run and r["diff"]:
-            typer.echo(r["diff"].rstrip())
+            echo(r["diff"].rstrip())
 
 
 @errors
-def get(kind: str = typer.Argument(..., help="apps or instances."),
-        name: str = typer.Argument(None, help="One app (its instances, for instances)."),
-        output: str = typer.Option("table", "-o", "--output", help="json, yaml or wide.")
+def get(kind: str = Argument(..., help="apps or instances."),
+        name: str = Argument(None, help="One app (its instances, for instances)."),
+        output: str = Option("table", "-o", "--output", help="json, yaml or wide.")
         ) -> None:
     """List apps or instances."""
     _check_output(output)
@@ -85,7 +84,7 @@ def get(kind: str = typer.Argument(..., help="apps or instances."),
             if output == "wide":
                 row.append(a["image"])
             rows.append(row)
-        typer.echo(fmt.table(header, rows))
+        echo(fmt.table(header, rows))
         return
     data = api.call("GET", _p("instances"), params={"app": name})
     if output in ("json", "yaml"):
@@ -101,33 +100,33 @@ def get(kind: str = typer.Argument(..., help="apps or instances."),
         if output == "wide":
             row += [i["ip"], i["id"][:12]]
         rows.append(row)
-    typer.echo(fmt.table(header, rows))
+    echo(fmt.table(header, rows))
 
 
 @errors
-def describe(kind: str = typer.Argument(..., help="app."),
-             name: str = typer.Argument(...)) -> None:
+def describe(kind: str = Argument(..., help="app."),
+             name: str = Argument(...)) -> None:
     """An app's spec, instances (with probe state) and recent events."""
     _kind(kind, ("apps",))
     doc = client().call("GET", _p("apps", name))
     import yaml
 
-    typer.echo(f"Name:        {doc['name']}\nGeneration:  {doc['generation']}\n"
+    echo(f"Name:        {doc['name']}\nGeneration:  {doc['generation']}\n"
                f"Replicas:    {doc['replicas']} desired, {doc['instances']} running, "
                f"{doc['ready']} ready\nEndpoint:    "
                f"{', '.join(f'*:{p}' for p in doc['ports']) or '-'}\nSpec:")
-    typer.echo("  " + yaml.safe_dump(doc["spec"]["spec"], sort_keys=False).rstrip()
+    echo("  " + yaml.safe_dump(doc["spec"]["spec"], sort_keys=False).rstrip()
                .replace("\n", "\n  "))
-    typer.echo("Instances:")
+    echo("Instances:")
     rows = [[i["name"], "yes" if i["ready"] else "no", i["state"], i["ip"],
              _probe_text(i.get("probes") or {})] for i in doc["instance_list"]]
-    typer.echo(_indent(fmt.table(["NAME", "READY", "STATE", "IP", "PROBES"], rows)))
+    echo(_indent(fmt.table(["NAME", "READY", "STATE", "IP", "PROBES"], rows)))
     if doc.get("sla"):
-        typer.echo(f"SLA:         {doc['sla']['kind']}: {doc['sla']['message']}")
+        echo(f"SLA:         {doc['sla']['kind']}: {doc['sla']['message']}")
     if doc.get("autoscaler"):
-        typer.echo(f"Autoscaler:  {doc['autoscaler']['message']}")
-    typer.echo("Events:")
-    typer.echo(_indent(_events_table(doc["events"])))
+        echo(f"Autoscaler:  {doc['autoscaler']['message']}")
+    echo("Events:")
+    echo(_indent(_events_table(doc["events"])))
 
 
 def _probe_text(probes: dict[str, Any]) -> str:
@@ -154,33 +153,33 @@ def _events_table(events: list[dict[str, Any]]) -> str:
 
 
 @errors
-def delete(kind: str = typer.Argument(..., help="app."),
-           name: str = typer.Argument(...),
-           dry_run: bool = typer.Option(False, "--dry-run")) -> None:
+def delete(kind: str = Argument(..., help="app."),
+           name: str = Argument(...),
+           dry_run: bool = Option(False, "--dry-run")) -> None:
     """Delete an app: its instances are stopped and its endpoint removed."""
     _kind(kind, ("apps",))
     answer = client().call("DELETE", _p("apps", name), params={"dry_run": dry_run})
-    typer.echo(f"app/{answer['name']} deleted" + (" (dry run)" if dry_run else ""))
+    echo(f"app/{answer['name']} deleted" + (" (dry run)" if dry_run else ""))
 
 
 @errors
-def scale(kind: str = typer.Argument(..., help="app."), name: str = typer.Argument(...),
-          replicas: int = typer.Option(..., "--replicas", min=0, help="The new count.")
+def scale(kind: str = Argument(..., help="app."), name: str = Argument(...),
+          replicas: int = Option(..., "--replicas", min=0, help="The new count.")
           ) -> None:
     """Set a fixed-size app's replica count."""
     _kind(kind, ("apps",))
     answer = client().call("POST", _p("apps", name, "scale"), body={"replicas": replicas})
-    typer.echo(f"app/{answer['name']} scaled to {replicas} (generation "
+    echo(f"app/{answer['name']} scaled to {replicas} (generation "
                f"{answer['generation']})")
 
 
 @errors
-def events(follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new "
+def events(follow: bool = Option(False, "-f", "--follow", help="Keep printing new "
                                        "events."),
-           app: str = typer.Option(None, "--app", help="Only this app's events."),
-           output: str = typer.Option("table", "-o", "--output", help="table or json "
+           app: str = Option(None, "--app", help="Only this app's events."),
+           output: str = Option("table", "-o", "--output", help="table or json "
                                       "(one document a line)."),
-           limit: int = typer.Option(100, "--limit", min=1, help="The newest N.")) -> None:
+           limit: int = Option(100, "--limit", min=1, help="The newest N.")) -> None:
     """Decisions and failures with their reasons and numbers (-f: follow)."""
     if output not in ("table", "json"):
         raise ConfigError("--output", f"unknown output {output!r} (table or json)")
@@ -189,20 +188,20 @@ def events(follow: bool = typer.Option(False, "-f", "--follow", help="Keep print
     last = batch[-1]["id"] if batch else 0
     if output == "json":
         for e in batch:
-            typer.echo(json.dumps(e))
+            echo(json.dumps(e))
     else:
-        typer.echo(_events_table(batch))
+        echo(_events_table(batch))
     while follow:
         time.sleep(0.5)
         batch = api.call("GET", _p("events"), params={"app": app, "after_id": last})
         for e in batch:
-            typer.echo(json.dumps(e) if output == "json" else
+            echo(json.dumps(e) if output == "json" else
                        "   ".join(_event_row(e)), nl=True)
             last = e["id"]
         sys.stdout.flush()
 
 
-def register(app: typer.Typer) -> None:
+def register(app: Any) -> None:
     """Add the app commands to the ``flatstack`` command."""
     for fn in (apply, get, describe, delete, scale, events):
-        app.command()(fn)
+        app.command()(to_typer(fn))

@@ -4,25 +4,25 @@ kill, rm, wait, stats (``run`` is in ``cli/run.py``). Each is one or two API cal
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import typer
 
 from flatstack.cli import _format as fmt
 from flatstack.cli._api import client, errors
+from flatstack.cli._params import Argument, Exit, Option, echo, to_typer
 from flatstack.cli._stream import exit_code, terminal, url, write_frames
 from flatstack.cli.run import _env, run
 from flatstack.errors import ConfigError, FlatstackError
 
-_POSITIONAL_LAST = {"allow_interspersed_args": False}
+TYPE_CHECKING = False  # the typing module costs ~5 ms of CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
 # -- listing and inspecting ----------------------------------------------------------
 @errors
-def ps(all: bool = typer.Option(False, "-a", "--all", help="Also exited containers."),
-       quiet: bool = typer.Option(False, "-q", "--quiet", help="Ids only."),
-       format: str = typer.Option("table", "--format", help="table or json."),
-       no_trunc: bool = typer.Option(False, "--no-trunc", help="Full ids and commands.")
+def ps(all: bool = Option(False, "-a", "--all", help="Also exited containers."),
+       quiet: bool = Option(False, "-q", "--quiet", help="Ids only."),
+       format: str = Option("table", "--format", help="table or json."),
+       no_trunc: bool = Option(False, "--no-trunc", help="Full ids and commands.")
        ) -> None:
     """List containers (running ones; -a: all)."""
     if format not in ("table", "json"):
@@ -30,10 +30,10 @@ def ps(all: bool = typer.Option(False, "-a", "--all", help="Also exited containe
     records = client().call("GET", url("containers"), params={"all": all})
     if quiet:
         for c in records:
-            typer.echo(c["id"] if no_trunc else c["id"][:12])
+            echo(c["id"] if no_trunc else c["id"][:12])
         return
     if format == "json":
-        typer.echo(json.dumps(records, indent=2))
+        echo(json.dumps(records, indent=2))
         return
     rows = []
     for c in records:
@@ -43,25 +43,25 @@ def ps(all: bool = typer.Option(False, "-a", "--all", help="Also exited containe
         rows.append([c["id"] if no_trunc else c["id"][:12], c.get("image", ""),
                      json.dumps(command), fmt.ago(c.get("created")), fmt.status(c),
                      ", ".join(c.get("ports") or []), c.get("name", "")])
-    typer.echo(fmt.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
+    echo(fmt.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
                           "NAMES"], rows))
 
 
 @errors
-def inspect(containers: list[str] = typer.Argument(..., help="Ids, id prefixes or names.")  # noqa: B008
+def inspect(containers: list[str] = Argument(..., help="Ids, id prefixes or names.")  # noqa: B008
             ) -> None:
     """Print containers' records as a JSON array."""
     api = client()
-    typer.echo(json.dumps([api.call("GET", url("containers", c)) for c in containers],
+    echo(json.dumps([api.call("GET", url("containers", c)) for c in containers],
                           indent=2))
 
 
 @errors
 def logs(container: str,
-         follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until "
+         follow: bool = Option(False, "-f", "--follow", help="Keep printing until "
                                      "the container exits."),
-         tail: int = typer.Option(None, "-n", "--tail", help="Only the last N lines."),
-         timestamps: bool = typer.Option(False, "-t", "--timestamps",
+         tail: int = Option(None, "-n", "--tail", help="Only the last N lines."),
+         timestamps: bool = Option(False, "-t", "--timestamps",
                                          help="Prefix each line with its time.")) -> None:
     """Print a container's output (stdout to stdout, stderr to stderr)."""
     if tail is not None and tail < 0:
@@ -74,15 +74,15 @@ def logs(container: str,
 
 
 @errors
-def exec_(container: str = typer.Argument(...),
-          command: list[str] = typer.Argument(..., help="Command and arguments."),  # noqa: B008
-          interactive: bool = typer.Option(False, "-i", "--interactive",
+def exec_(container: str = Argument(...),
+          command: list[str] = Argument(..., help="Command and arguments."),  # noqa: B008
+          interactive: bool = Option(False, "-i", "--interactive",
                                            help="Keep stdin open."),
-          tty: bool = typer.Option(False, "-t", "--tty", help="Allocate a terminal."),
-          detach: bool = typer.Option(False, "-d", "--detach", help="Do not wait."),
-          env: list[str] = typer.Option([], "-e", "--env", help="KEY=VALUE."),  # noqa: B008
-          user: str = typer.Option(None, "-u", "--user", help="uid[:gid] or name."),
-          workdir: str = typer.Option(None, "-w", "--workdir", help="Working directory.")
+          tty: bool = Option(False, "-t", "--tty", help="Allocate a terminal."),
+          detach: bool = Option(False, "-d", "--detach", help="Do not wait."),
+          env: list[str] = Option([], "-e", "--env", help="KEY=VALUE."),  # noqa: B008
+          user: str = Option(None, "-u", "--user", help="uid[:gid] or name."),
+          workdir: str = Option(None, "-w", "--workdir", help="Working directory.")
           ) -> None:
     """Run a command in a running container; exit with its exit code."""
     if interactive and not tty:
@@ -91,12 +91,12 @@ def exec_(container: str = typer.Argument(...),
     body: dict[str, Any] = {"command": list(command), "env": _env(env), "user": user,
                             "workdir": workdir, "tty": tty, "detach": detach}
     if tty and not detach:
-        raise typer.Exit(_exec_tty(container, body))
+        raise Exit(_exec_tty(container, body))
     resp = client(timeout=None).open("POST", url("containers", container, "exec"), body=body)
     doc = write_frames(resp)
     if "error" in doc:
         raise FlatstackError(doc["error"])
-    raise typer.Exit(0 if detach else exit_code(doc, failure=1))
+    raise Exit(0 if detach else exit_code(doc, failure=1))
 
 
 def _exec_tty(container: str, body: dict[str, Any]) -> int:
@@ -114,17 +114,17 @@ def _each(refs: list[str], fn: Any) -> None:
     for ref in refs:
         try:
             fn(ref)
-            typer.echo(ref)
+            echo(ref)
         except FlatstackError as err:
-            typer.echo(f"flatstack: {ref}: {err}", err=True)
+            echo(f"flatstack: {ref}: {err}", err=True)
             failed = True
     if failed:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 @errors
 def stop(containers: list[str],
-         time: float = typer.Option(10.0, "-t", "--time", help="Seconds before SIGKILL.")
+         time: float = Option(10.0, "-t", "--time", help="Seconds before SIGKILL.")
          ) -> None:
     """Stop containers: their stop signal, then SIGKILL after -t seconds."""
     api = client(timeout=None)
@@ -134,7 +134,7 @@ def stop(containers: list[str],
 
 @errors
 def kill(containers: list[str],
-         signal: str = typer.Option("KILL", "-s", "--signal", help="Name or number.")
+         signal: str = Option("KILL", "-s", "--signal", help="Name or number.")
          ) -> None:
     """Send a signal to containers."""
     api = client()
@@ -144,7 +144,7 @@ def kill(containers: list[str],
 
 @errors
 def rm(containers: list[str],
-       force: bool = typer.Option(False, "-f", "--force", help="Kill running ones first.")
+       force: bool = Option(False, "-f", "--force", help="Kill running ones first.")
        ) -> None:
     """Remove containers (their root filesystems and networks; volumes stay)."""
     api = client()
@@ -159,20 +159,20 @@ def wait(containers: list[str]) -> None:
     for c in containers:
         record = api.call("POST", url("containers", c, "wait"))
         code = record.get("exit_code")
-        typer.echo("unknown" if code is None else str(code))
+        echo("unknown" if code is None else str(code))
 
 
 # -- stats -----------------------------------------------------------------------------
 @errors
-def stats(containers: list[str] = typer.Argument(None, help="Default: every running one."),  # noqa: B008
-          no_stream: bool = typer.Option(False, "--no-stream", help="Print once."),
-          format: str = typer.Option("table", "--format", help="table or json.")) -> None:
+def stats(containers: list[str] = Argument(None, help="Default: every running one."),  # noqa: B008
+          no_stream: bool = Option(False, "--no-stream", help="Print once."),
+          format: str = Option("table", "--format", help="table or json.")) -> None:
     """Live resource use from cgroup counters (CPU, memory, network, block I/O, pids)."""
     if format not in ("table", "json"):
         raise ConfigError("--format", f"unknown format {format!r} (table or json)")
     if format == "json" or no_stream:
         rows = _stats_rows(list(containers or []))
-        typer.echo(json.dumps(rows, indent=2) if format == "json" else _stats_table(rows))
+        echo(json.dumps(rows, indent=2) if format == "json" else _stats_table(rows))
         return
     import time
 
@@ -228,15 +228,16 @@ def _stats_table(rows: list[dict[str, Any]]) -> str:
                       "NET I/O", "BLOCK I/O", "PIDS"], out)
 
 
-def register(app: typer.Typer) -> None:
+# The commands ``flatstack`` runs, by name: (function, options only before the first
+# argument). ``cli/_fast.py`` dispatches from this table as well.
+COMMANDS: dict[str, tuple[Any, bool]] = {
+    "run": (run, True), "ps": (ps, False), "inspect": (inspect, False), "logs": (logs, False),
+    "exec": (exec_, True), "stop": (stop, False), "kill": (kill, False), "rm": (rm, False),
+    "wait": (wait, False), "stats": (stats, False)}
+
+
+def register(app: Any) -> None:
     """Add the container commands to ``app``."""
-    app.command(context_settings=_POSITIONAL_LAST)(run)
-    app.command()(ps)
-    app.command()(inspect)
-    app.command()(logs)
-    app.command("exec", context_settings=_POSITIONAL_LAST)(exec_)
-    app.command()(stop)
-    app.command()(kill)
-    app.command()(rm)
-    app.command()(wait)
-    app.command()(stats)
+    for name, (fn, positional_last) in COMMANDS.items():
+        settings = {"allow_interspersed_args": False} if positional_last else {}
+        app.command(name, context_settings=settings)(to_typer(fn))

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import typer
+from typing import Any
 
 from flatstack.cli._api import _state, errors
+from flatstack.cli._params import Option, to_typer
 
 
 @errors
-def daemon(state_dir: str = typer.Option(None, "--state-dir", envvar="FLATSTACK_STATE_DIR",
+def daemon(state_dir: str = Option(None, "--state-dir", envvar="FLATSTACK_STATE_DIR",
                                          metavar="DIR", help="Images, containers, volumes "
                                          "(default /var/lib/flatstack)."),
-           socket: str = typer.Option(None, "--socket", metavar="PATH",
+           socket: str = Option(None, "--socket", metavar="PATH",
                                       help="API socket (default $FLATSTACK_SOCKET or "
                                       "/run/flatstack/api.sock); the pidfile and the "
                                       "supervisor's socket go beside it."),
-           runtime_root: str = typer.Option(None, "--runtime-root",
+           runtime_root: str = Option(None, "--runtime-root",
                                             envvar="FLATSTACK_RUNTIME_ROOT", metavar="DIR",
                                             help="The runtime's state (default "
                                             "/run/flatstack/runtime)."),
-           bridge: str = typer.Option(None, "--bridge", envvar="FLATSTACK_BRIDGE",
+           bridge: str = Option(None, "--bridge", envvar="FLATSTACK_BRIDGE",
                                       help="Bridge of the default network (flatstack0)."),
-           subnet: str = typer.Option(None, "--subnet", envvar="FLATSTACK_SUBNET",
+           subnet: str = Option(None, "--subnet", envvar="FLATSTACK_SUBNET",
                                       help="Subnet of the default network (10.89.0.0/24)."),
-           log_level: str = typer.Option("info", "--log-level",
+           log_level: str = Option("info", "--log-level",
                                          help="debug, info, warning or error.")) -> None:
     """Serve the REST API on a unix socket (runs in the foreground until SIGTERM)."""
     from flatstack.api.daemon import serve
@@ -36,5 +37,5 @@ def daemon(state_dir: str = typer.Option(None, "--state-dir", envvar="FLATSTACK_
           bridge, subnet)
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(daemon)
+def register(app: Any) -> None:
+    app.command()(to_typer(daemon))

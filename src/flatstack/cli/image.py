@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from flatstack.cli._api import client, errors
+from flatstack.cli._params import echo
 from flatstack.errors import FlatstackError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -111,7 +112,7 @@ def pull_via_api(body: dict[str, Any]) -> tuple[str, str]:
 @app.command()
 @errors
 def pull(ref: str,
-         platform: str = typer.Option(None, "--platform", help="os/arch[/variant]; "
+         platform: str = typer.Option(None, "--platform", help="os/arch or os/arch/variant; "
                                       "default linux/amd64."),
          ca_file: str = typer.Option(None, "--ca-file", help="PEM CA bundle to trust."),
          insecure: bool = typer.Option(False, "--insecure",
@@ -123,7 +124,7 @@ def pull(ref: str,
         name, digest = pull_via_api({
             "ref": ref, "platform": platform, "insecure": insecure, "unpack": unpack,
             "ca_file": os.path.abspath(ca_file) if ca_file else None})
-        typer.echo(f"{name} {digest}")
+        echo(f"{name} {digest}")
         return
     from flatstack.image.registry import pull as do_pull
     from flatstack.image.unpack import unpack_image
@@ -134,7 +135,7 @@ def pull(ref: str,
                        progress=bars)
         if unpack:
             unpack_image(store, name, bars)
-    typer.echo(f"{name} {store.image(name).digest}")
+    echo(f"{name} {store.image(name).digest}")
 
 
 @app.command("import")
@@ -142,7 +143,7 @@ def pull(ref: str,
 def import_(path: str,
             name: str = typer.Option(None, "--name", help="Name for the image."),
             platform: str = typer.Option(None, "--platform",
-                                         help="os/arch[/variant] for multi-platform input.")
+                                         help="os/arch or os/arch/variant (multi-platform input).")
             ) -> None:
     """Import an OCI layout directory, oci-archive or docker-archive tarball."""
     if _direct():
@@ -155,7 +156,7 @@ def import_(path: str,
         names = client().call("POST", api_path("images", "import"), body={
             "path": os.path.abspath(path), "name": name, "platform": platform})["names"]
     for imported in names:
-        typer.echo(imported)
+        echo(imported)
 
 
 @app.command()
@@ -172,7 +173,7 @@ def unpack(ref: str) -> None:
     with _Bars() as bars:
         dirs = unpack_image(store, ref, bars)
     for d in dirs:
-        typer.echo(d)
+        echo(d)
 
 
 def _human(n: float) -> str:
@@ -200,13 +201,13 @@ def ls(fmt: str = typer.Option("table", "--format", help="table or json."),
         rows = client().call("GET", path("images"))
     if quiet:
         for r in rows:
-            typer.echo(r["Name"])
+            echo(r["Name"])
     elif fmt == "json":
-        typer.echo(json.dumps(rows, indent=2))
+        echo(json.dumps(rows, indent=2))
     else:
-        typer.echo(f"{'NAME':<50} {'DIGEST':<19} {'CREATED':<20} SIZE")
+        echo(f"{'NAME':<50} {'DIGEST':<19} {'CREATED':<20} SIZE")
         for r in rows:
-            typer.echo(f"{r['Name']:<50} {r['Digest'][:19]:<19} {r['Created'][:19]:<20} "
+            echo(f"{r['Name']:<50} {r['Digest'][:19]:<19} {r['Created'][:19]:<20} "
                        f"{_human(r['Size'])}")
 
 
@@ -224,7 +225,7 @@ def inspect(refs: list[str]) -> None:
 
         api = client()
         out = [api.call("GET", path("images", ref)) for ref in refs]
-    typer.echo(json.dumps(out, indent=2))
+    echo(json.dumps(out, indent=2))
 
 
 @app.command()
@@ -239,12 +240,12 @@ def rm(refs: list[str],
         api = client()
         for ref in refs:
             done = api.call("DELETE", path("images", ref), params={"force": force})
-            typer.echo(f"untagged {done['untagged']}")
+            echo(f"untagged {done['untagged']}")
         return
     store = _store()
     for ref in [store.lookup(ref)[0] for ref in refs]:
         name = store.remove(ref, force=force)
-        typer.echo(f"untagged {name}")
+        echo(f"untagged {name}")
     store.gc()
 
 
@@ -259,4 +260,4 @@ def prune() -> None:
 
         done = client().call("POST", path("images", "prune"))
         count, freed = done["removed"], done["freed"]
-    typer.echo(f"removed {count} blobs/layers, freed {_human(freed)}")
+    echo(f"removed {count} blobs/layers, freed {_human(freed)}")

@@ -1,60 +1,46 @@
 """``flatstack``: the engine's command line.
 
-Each command group lives in its own module and registers itself on :data:`app`
-(``flatstack image ...`` in ``cli/image.py``, the container commands in
-``cli/containers.py`` and ``cli/run.py``, ``flatstack daemon`` in ``cli/daemon.py``);
-this module only assembles them. Everything but ``daemon`` talks to the daemon's API
-over its socket.
+Each command group lives in its own module and registers itself on the typer app of
+:mod:`flatstack.cli._app` (``flatstack image ...`` in ``cli/image.py``, the container
+commands in ``cli/containers.py`` and ``cli/run.py``, ``flatstack daemon`` in
+``cli/daemon.py``, apps in ``cli/apps.py``). Everything but ``daemon`` talks to the
+daemon's API over its socket.
+
+:func:`main` first offers the command line to :mod:`flatstack.cli._fast`, which runs the
+hot commands (run, ps, logs, exec, ...) without importing typer and rich: their imports
+cost more than the daemon's side of a ``run --rm``. The typer app, built only when the
+fast path declines, takes everything else (help, other commands, bad input).
 """
 
 from __future__ import annotations
 
-import typer
+import sys
 
-from flatstack import __version__
-
-app = typer.Typer(name="flatstack", no_args_is_help=True, add_completion=False,
-                  help="Containers straight on bare metal.")
-
-
-@app.callback()
-def _root(socket: str = typer.Option(
-        None, "--socket", envvar="FLATSTACK_SOCKET", metavar="PATH",
-        help="The daemon's API socket (default /run/flatstack/api.sock).")) -> None:
-    """Containers straight on bare metal: images, containers, apps."""
-    from flatstack.cli._api import set_socket
-
-    set_socket(socket)
+TYPE_CHECKING = False  # the typing module costs ~5 ms of CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@app.command()
-def version() -> None:
-    """Print flatstack's version."""
-    typer.echo(f"flatstack {__version__}")
+def _register() -> Any:
+    """The typer app with every command registered."""
+    from flatstack.cli._app import register
+
+    return register()
 
 
-def _register() -> None:
-    import importlib
-
-    for name in ("image", "bench"):
-        try:
-            module = importlib.import_module(f"flatstack.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"flatstack.cli.{name}":
-                raise
-            continue
-        app.add_typer(module.app, name=name)
-    from flatstack.cli import apps, containers, daemon
-
-    containers.register(app)
-    daemon.register(app)
-    apps.register(app)
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _register()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
-    """Console entry point."""
-    _register()
-    app()
+    """Console entry point: the fast path, else the typer app."""
+    from flatstack.cli._fast import dispatch
+
+    if dispatch(sys.argv[1:]):
+        return
+    _register()(prog_name="flatstack")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
-
-import typer
 
 from flatstack.cli._api import client, errors, fail
+from flatstack.cli._params import Argument, Exit, Option, echo
 from flatstack.cli._stream import exit_code, terminal, url, write_frames
 from flatstack.errors import ConfigError, FlatstackError
+
+TYPE_CHECKING = False  # the typing module costs ~5 ms of CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _env(entries: list[str]) -> list[str]:
@@ -56,34 +58,34 @@ def _entrypoint(text: str | None) -> list[str] | None:
 
 
 @errors
-def run(image: str = typer.Argument(..., help="Image reference (pulled when missing)."),
-        command: list[str] = typer.Argument(None, help="Command and arguments (replace "  # noqa: B008
+def run(image: str = Argument(..., help="Image reference (pulled when missing)."),
+        command: list[str] = Argument(None, help="Command and arguments (replace "  # noqa: B008
                                             "the image's Cmd)."),
-        detach: bool = typer.Option(False, "-d", "--detach",
+        detach: bool = Option(False, "-d", "--detach",
                                     help="Run in the background; print the id."),
-        remove: bool = typer.Option(False, "--rm", help="Remove the container when it "
+        remove: bool = Option(False, "--rm", help="Remove the container when it "
                                     "exits."),
-        name: str = typer.Option(None, "--name", help="Container name."),
-        env: list[str] = typer.Option([], "-e", "--env", help="KEY=VALUE (KEY alone: "  # noqa: B008
+        name: str = Option(None, "--name", help="Container name."),
+        env: list[str] = Option([], "-e", "--env", help="KEY=VALUE (KEY alone: "  # noqa: B008
                                       "from this shell)."),
-        publish: list[str] = typer.Option([], "-p", "--publish",  # noqa: B008
-                                          help="[IP:]HOST:CTR[/tcp|udp]."),
-        volume: list[str] = typer.Option([], "-v", "--volume",  # noqa: B008
+        publish: list[str] = Option([], "-p", "--publish",  # noqa: B008
+                                          help="[IP:]HOST:CTR, /udp after it for UDP."),
+        volume: list[str] = Option([], "-v", "--volume",  # noqa: B008
                                          help="/host:/ctr[:ro] or name:/ctr[:ro]."),
-        memory: str = typer.Option(None, "-m", "--memory", help="Memory limit: 512m, 1g."),
-        cpus: float = typer.Option(None, "--cpus", help="CPU quota in cores (1.5)."),
-        pids_limit: int = typer.Option(None, "--pids-limit", help="Maximum processes."),
-        network: str = typer.Option("bridge", "--network", "--net",
+        memory: str = Option(None, "-m", "--memory", help="Memory limit: 512m, 1g."),
+        cpus: float = Option(None, "--cpus", help="CPU quota in cores (1.5)."),
+        pids_limit: int = Option(None, "--pids-limit", help="Maximum processes."),
+        network: str = Option("bridge", "--network", "--net",
                                     help="none, host, bridge or a network name."),
-        user: str = typer.Option(None, "-u", "--user", help="uid[:gid] or name[:group]."),
-        workdir: str = typer.Option(None, "-w", "--workdir", help="Working directory."),
-        entrypoint: str = typer.Option(None, "--entrypoint", help="Program replacing the "
+        user: str = Option(None, "-u", "--user", help="uid[:gid] or name[:group]."),
+        workdir: str = Option(None, "-w", "--workdir", help="Working directory."),
+        entrypoint: str = Option(None, "--entrypoint", help="Program replacing the "
                                        "image's Entrypoint (\"\" clears it)."),
-        hostname: str = typer.Option(None, "-h", "--hostname", help="Host name."),
-        label: list[str] = typer.Option([], "-l", "--label", help="KEY=VALUE."),  # noqa: B008
-        interactive: bool = typer.Option(False, "-i", "--interactive",
+        hostname: str = Option(None, "-h", "--hostname", help="Host name."),
+        label: list[str] = Option([], "-l", "--label", help="KEY=VALUE."),  # noqa: B008
+        interactive: bool = Option(False, "-i", "--interactive",
                                          help="Keep stdin open (with -t: the terminal)."),
-        tty: bool = typer.Option(False, "-t", "--tty", help="Allocate a terminal.")) -> None:
+        tty: bool = Option(False, "-t", "--tty", help="Allocate a terminal.")) -> None:
     """Run a command in a new container (foreground: its output, then its exit code)."""
     from flatstack.api.units import parse_size
 
@@ -101,12 +103,12 @@ def run(image: str = typer.Argument(..., help="Image reference (pulled when miss
             "workdir": workdir, "hostname": hostname, "labels": _labels(label), "tty": tty,
             "interactive": interactive, "remove": remove}
         if detach:
-            typer.echo(_create(body, attach=False)["id"])
+            echo(_create(body, attach=False)["id"])
             return
         code = _run_tty(body) if tty else _run_attached(body)
     except FlatstackError as err:
         raise fail(str(err), 125) from None
-    raise typer.Exit(code)
+    raise Exit(code)
 
 
 def _volume(spec: str) -> str:
@@ -122,7 +124,7 @@ def _pull(image: str) -> None:
     from flatstack.cli.image import pull_via_api
 
     if sys.stderr.isatty():
-        typer.echo(f"Pulling {image}...", err=True)
+        echo(f"Pulling {image}...", err=True)
     try:
         pull_via_api({"ref": image})
     except FlatstackError as err:

@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any
 
 from flatstack.control import sla as rules
+from flatstack.control._loop import BackgroundLoop
 from flatstack.control.models import SLA
 from flatstack.control.probes import Target
 from flatstack.control.reconciler import Instance, Reconciler
@@ -73,7 +74,7 @@ class Sampler:
             self._stop.wait(next_at - time.monotonic())
 
 
-class SlaMonitor:
+class SlaMonitor(BackgroundLoop):
     """Judges every app with an ``sla`` each ``period`` seconds."""
 
     def __init__(self, store: Store, reconciler: Reconciler, autoscaler: Any = None, *,
@@ -86,18 +87,12 @@ class SlaMonitor:
         self.replacements: dict[str, list[float]] = {}
         self.last: dict[str, rules.SlaDecision] = {}
         self._said: dict[tuple[str, str], float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        BackgroundLoop.__init__(self)
 
-    def start(self) -> SlaMonitor:
-        self._thread = threading.Thread(target=self._loop, name="sla", daemon=True)
-        self._thread.start()
-        return self
+    thread_name = "sla"
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._join()
         for sampler in self.samplers.values():
             sampler.stop()
 

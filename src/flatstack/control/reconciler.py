@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from flatstack.control._loop import BackgroundLoop
 from flatstack.control.endpoint import Backend, Endpoints, Port
 from flatstack.control.models import App
 from flatstack.control.probes import Prober, Target
@@ -123,7 +124,7 @@ def run_options(app: App, generation: int, name: str) -> Any:
                 **{f"flatstack.label.{k}": v for k, v in app.metadata.labels.items()}})
 
 
-class Reconciler:
+class Reconciler(BackgroundLoop):
     """Keeps every app's instances and endpoint in line with the store."""
 
     def __init__(self, store: Store, engine: Any, endpoints: Endpoints | None, *,
@@ -143,22 +144,17 @@ class Reconciler:
         self.wake = threading.Event()
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        BackgroundLoop.__init__(self)
         self._reported: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self) -> Reconciler:
-        self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
-        self._thread.start()
-        return self
+    thread_name = "control"
 
     def stop(self) -> None:
         """Stop the loop and the probers; instances and rules stay (they keep serving)."""
         self._stop.set()
         self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._join()
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for inst in self.instances.values():

@@ -11,10 +11,10 @@ lives in memory; a fresh state never scales down at once (see ``autoscale.decide
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
+from flatstack.control._loop import BackgroundLoop
 from flatstack.control.autoscale import AutoscalerState, InstanceMetrics, ScaleDecision, decide
 from flatstack.control.reconciler import Reconciler
 from flatstack.control.store import Store, StoredApp
@@ -23,7 +23,7 @@ from flatstack.errors import FlatstackError
 log = logging.getLogger("flatstack.control")
 
 
-class Autoscaler:
+class Autoscaler(BackgroundLoop):
     """One loop for every autoscaled app."""
 
     def __init__(self, store: Store, engine: Any, reconciler: Reconciler, *,
@@ -36,18 +36,9 @@ class Autoscaler:
         self.states: dict[str, AutoscalerState] = {}
         self.last: dict[str, ScaleDecision] = {}
         self._overload: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        BackgroundLoop.__init__(self)
 
-    def start(self) -> Autoscaler:
-        self._thread = threading.Thread(target=self._loop, name="autoscale", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+    thread_name = "autoscale"
 
     def request_overload(self, app: str, replicas: int) -> None:
         """The SLA monitor saw most instances breach: ask for ``replicas`` next pass."""

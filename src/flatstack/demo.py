@@ -1,14 +1,19 @@
-"""``make run``: a daemon on private directories and a busybox web server on a published port.
+"""``make run``: a daemon on private directories, a container on a published port, then
+the example app: instances behind one endpoint, probed, replaced when killed.
 
 Part 1 runs one container from a bundle with ``flatrun`` alone. Part 2 starts
 ``flatstack daemon`` on its own state dir (default ``/var/lib/flatstack-demo``), run
 dir (``/run/flatstack-demo``: socket, supervisor, netns) and bridge (``fsdemo0``), so
 it never meets a daemon already running; builds (once) a busybox image with umoci
 from Debian's busybox-static, imports it, runs ``httpd`` with a published port,
-fetches the page over 127.0.0.1 and walks through ps, logs, stats and exec. Then it
-removes the container, the daemon, the supervisor, the bridge and the netns
-directory, also on failure and Ctrl-C; a run interrupted by SIGKILL is cleaned up
-by the next one. Needs root and no network access.
+fetches the page over 127.0.0.1 and walks through ps, logs, stats and exec. Part 3
+builds the example image (``examples/``, see ``flatstack.examples``), applies
+``examples/app.yaml``, waits for its instances, fetches the endpoint (spread over the
+instances), kills one instance from outside and shows its replacement and the event.
+Then it deletes the app and removes the containers, the daemon, the supervisor, the
+endpoint rules, the bridge and the netns directory, also on failure and Ctrl-C (unless
+``--keep``: then the daemon and the app stay until ``--stop``); a run interrupted by
+SIGKILL is cleaned up by the next one. Needs root and no network access.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from typing import TextIO
 
@@ -33,6 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.path.join(REPO, ".venv", "bin")
 IMAGE = "localhost/flatstack-demo:1"
 NAME = "demo-web"
+APP = "hello"  # examples/app.yaml's metadata.name
 PAGE = ("<h1>hello from flatstack</h1>\n"
         "<p>busybox httpd in a container, behind a published port</p>\n")
 BUNDLE_SCRIPT = (
@@ -51,17 +58,19 @@ class Demo:
 
     def __init__(self, state_dir: str, run_dir: str, *, bridge: str = "fsdemo0",
                  subnet: str = "10.89.240.0/24", port: int = 8080,
-                 out: TextIO | None = None) -> None:
+                 app_port: int | None = None, out: TextIO | None = None) -> None:
         self.state = os.path.abspath(state_dir)
         self.run_dir = os.path.abspath(run_dir)
         self.socket = os.path.join(self.run_dir, "api.sock")
         self.runtime = os.path.join(self.run_dir, "runtime")
         self.bridge, self.subnet, self.port = bridge, subnet, port
+        self.app_port = app_port or _declared_port()
         self.out = out
         self.daemon: subprocess.Popen[bytes] | None = None
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLATSTACK_")}
         self.env = {**env, "FLATSTACK_SOCKET": self.socket}
         self.page = ""
+        self.timings: list[tuple[str, float]] = []
         self._step = 0
 
     # -- output -------------------------------------------------------------------------
@@ -74,7 +83,9 @@ class Demo:
         self.say(f"\n[{self._step}] {title}")
         started = time.monotonic()
         yield
-        self.say(f"    ({(time.monotonic() - started) * 1000:.0f} ms)")
+        took = time.monotonic() - started
+        self.timings.append((title, took))
+        self.say(f"    ({took * 1000:.0f} ms)")
 
     def flatstack(self, *args: str, check: bool = True, show: bool = True,
                   ) -> subprocess.CompletedProcess[str]:
@@ -212,6 +223,135 @@ class Demo:
             self.say(f"    uid 0 in the container is host uid {words[1]} ({words[2]} ids from "
                      "there): an unprivileged range of its own, not the host's root")
 
+    # -- part 3: the example app --------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.app_port}/"
+
+    def example_layout(self) -> str:
+        """The example image as an OCI layout (rebuilt when ``examples/image`` changed)."""
+        from flatstack import examples
+
+        layout = os.path.join(self.state, "example-image")
+        if examples.is_current(layout):
+            self.say(f"    reusing the OCI layout {layout}")
+            return layout
+        self.say(f"    building {layout} with umoci: busybox-static + examples/image "
+                 "(httpd, CGI knobs)")
+        try:
+            return examples.build_image(layout)
+        except examples.BuildError as err:
+            raise DemoError(str(err)) from None
+
+    def manifest(self) -> str:
+        """``examples/app.yaml``, or a copy with another hostPort when its port is taken."""
+        import yaml
+
+        from flatstack.examples import EXAMPLES
+
+        source = os.path.join(EXAMPLES, "app.yaml")
+        if self.app_port == _declared_port():
+            return source
+        with open(source) as f:
+            doc = yaml.safe_load(f)
+        doc["spec"]["ports"][0]["hostPort"] = self.app_port
+        path = os.path.join(self.run_dir, "app.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(doc, f, sort_keys=False)
+        self.say(f"    (port {_declared_port()} is taken: {path} is examples/app.yaml with "
+                 f"hostPort {self.app_port})")
+        return path
+
+    def instances(self) -> list[dict[str, object]]:
+        """The app's running instances as the daemon sees them."""
+        from flatstack.api.client import Client
+
+        found = Client(self.socket, timeout=10).call("GET", "/v1/instances",
+                                                     params={"app": APP})
+        return [i for i in found if i["state"] == "running"]
+
+    def wait_ready(self, count: int, timeout: float = 60, *,
+                   without: str | None = None) -> list[dict[str, object]]:
+        """Wait for ``count`` ready instances (none of them ``without``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = [i for i in self.instances() if i["ready"] and i["id"] != without]
+            if len(ready) >= count:
+                return ready
+            if time.monotonic() > deadline:
+                self.flatstack("describe", "app", APP, check=False)
+                raise DemoError(f"app {APP}: {len(ready)} of {count} instances ready after "
+                                f"{timeout:.0f} s")
+            time.sleep(0.1)
+
+    def get(self, path: str = "/", timeout: float = 5) -> str:
+        """One GET through the endpoint on a new connection (retried for ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=2) as resp:
+                    return str(resp.read().decode().strip())
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    raise DemoError(f"GET {self.url}{path.lstrip('/')}: {err}") from None
+                time.sleep(0.05)
+
+    def spread(self, requests: int = 16) -> Counter[str]:
+        """``requests`` GETs of the endpoint: which instance answered each."""
+        served: Counter[str] = Counter()
+        for _ in range(requests):
+            served[self.get().removeprefix("hello from ")] += 1
+        shares = ", ".join(f"{host} x{n}" for host, n in sorted(served.items()))
+        self.say(f"    {requests} x GET {self.url} (a new connection each) answered by "
+                 f"{len(served)} instances: {shares}")
+        return served
+
+    def kill_one(self) -> float:
+        """Kill an instance from outside; seconds until its replacement served a request."""
+        before = self.instances()
+        victim = before[0]
+        started = time.monotonic()
+        self.flatstack("kill", str(victim["name"]))
+        ready = self.wait_ready(2, without=str(victim["id"]))
+        fresh = {str(i["id"])[:12] for i in ready} - {str(i["id"])[:12] for i in before}
+        deadline = time.monotonic() + 10
+        while not fresh & set(self.spread_quietly()):
+            if time.monotonic() > deadline:
+                raise DemoError("the replacement instance never answered on the endpoint")
+        took = time.monotonic() - started
+        self.say(f"    replacement {', '.join(sorted(fresh))} ready and serving "
+                 f"{took:.2f} s after the kill")
+        return took
+
+    def spread_quietly(self, requests: int = 8) -> set[str]:
+        return {self.get().removeprefix("hello from ") for _ in range(requests)}
+
+    def events(self) -> None:
+        """The app's events so far (the kill shows as Crashed with its exit code)."""
+        self.flatstack("events", "--app", APP)
+
+    def hints(self, keep: bool) -> None:
+        env = f"FLATSTACK_SOCKET={self.socket}"
+        cli = f"{env} {os.path.join(BIN, 'flatstack')}"
+        self.say(f"    the app answers on {self.url} (and on this host's addresses, port "
+                 f"{self.app_port})")
+        self.say("    try the knobs (each acts on the instance that answers):")
+        for path, what in (("cgi-bin/crash", "the instance exits: a replacement takes over"),
+                           ("cgi-bin/hang", "httpd stops answering: liveness (or the SLA "
+                            "monitor) has it replaced"),
+                           ("cgi-bin/slow?0.5", "+0.5 s per reply: the SLA monitor ejects "
+                            "and replaces it"),
+                           ("cgi-bin/burn?60", "a minute of CPU: the autoscaler adds "
+                            "instances (max 4)")):
+            self.say(f"      curl {self.url}{path:<18} # {what}")
+        self.say(f"    and watch: {cli} events -f   |   {cli} get instances -o wide")
+        if keep:
+            self.say("    --keep: the daemon and the app stay; remove everything with "
+                     f"`{os.path.join(BIN, 'python')} -m flatstack.demo --stop`"
+                     + ("" if self.state == "/var/lib/flatstack-demo" else
+                        f" --state-dir {self.state} --run-dir {self.run_dir} "
+                        f"--bridge {self.bridge}"))
+
     # -- teardown ---------------------------------------------------------------------
     def teardown(self) -> None:
         """Remove everything this demo (or an interrupted earlier one) left; never
@@ -223,20 +363,16 @@ class Demo:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def _teardown(self) -> None:
-        from flatstack.api.client import Client
+        from flatstack.control.endpoint import Endpoints, tag_of
         from flatstack.engine.client import SupervisorClient
         from flatstack.errors import FlatstackError
         from flatstack.network import netns
 
         if self._answers():
-            try:
-                api = Client(self.socket, timeout=60)
-                for c in api.call("GET", "/v1/containers", params={"all": True}):
-                    api.call("DELETE", f"/v1/containers/{c['id']}", params={"force": True})
-                    self.say(f"    removed container {c['name'] or c['id'][:12]}")
-            except (FlatstackError, OSError) as err:
-                self.say(f"    removing containers: {err}")
+            self._delete_apps()
+            self._remove_containers()
         self._stop_daemon()
+        self._forget_apps()
         try:
             supervisor = SupervisorClient(os.path.join(self.run_dir, "supervisor.sock"),
                                           timeout=5)
@@ -248,6 +384,12 @@ class Demo:
             self.say(f"    supervisor pid {pid} stopped")
         except (FlatstackError, OSError, KeyError, TypeError, ValueError):
             pass
+        endpoints = Endpoints(tag_of(self.state))
+        rules = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True,
+                               text=True, check=False).stdout
+        if endpoints.dispatch in rules or endpoints.masq in rules:
+            endpoints.teardown()  # the daemon leaves them serving when it stops
+            self.say(f"    endpoint rules {endpoints.dispatch} removed")
         if subprocess.run(["ip", "link", "del", self.bridge], capture_output=True,
                           check=False).returncode == 0:
             self.say(f"    bridge {self.bridge} removed")
@@ -255,6 +397,58 @@ class Demo:
             netns.release_dir(self.run_dir)
         except (FlatstackError, OSError) as err:
             self.say(f"    netns directory: {err}")
+
+    def _delete_apps(self) -> None:
+        """Delete every app and wait (30 s at most) for the daemon to remove its instances."""
+        from flatstack.api.client import Client
+        from flatstack.errors import FlatstackError
+
+        api = Client(self.socket, timeout=60)
+        try:
+            apps = api.call("GET", "/v1/apps")
+            for app in apps:
+                api.call("DELETE", f"/v1/apps/{app['name']}")
+                self.say(f"    deleted app {app['name']}")
+            deadline = time.monotonic() + 30
+            while apps and api.call("GET", "/v1/instances") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        except (FlatstackError, OSError) as err:
+            self.say(f"    deleting apps: {err}")
+
+    def _forget_apps(self) -> None:
+        """Remove the desired state and events (with the daemon stopped): apps a dead
+        daemon left would start again, and the next run shows its own events only."""
+        from flatstack.control.store import DB_NAME, Store
+
+        path = os.path.join(self.state, DB_NAME)
+        if not os.path.exists(path):
+            return
+        store = Store(self.state)
+        try:
+            for stored in store.list():
+                self.say(f"    deleted app {stored.name} (its daemon was gone)")
+        finally:
+            store.close()
+        for name in (path, path + "-wal", path + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+    def _remove_containers(self) -> None:
+        from flatstack.api.client import Client
+        from flatstack.errors import FlatstackError
+
+        api = Client(self.socket, timeout=60)
+        try:
+            found = api.call("GET", "/v1/containers", params={"all": True})
+        except (FlatstackError, OSError) as err:
+            self.say(f"    listing containers: {err}")
+            return
+        for c in found:
+            try:
+                api.call("DELETE", f"/v1/containers/{c['id']}", params={"force": True})
+                self.say(f"    removed container {c['name'] or c['id'][:12]}")
+            except (FlatstackError, OSError) as err:
+                self.say(f"    removing container {c['name'] or c['id'][:12]}: {err}")
 
     def _stop_daemon(self) -> None:
         pid = self.daemon.pid if self.daemon is not None else _read_pid(
@@ -281,14 +475,25 @@ class Demo:
         self.say(f"    daemon pid {pid} stopped")
 
     # -- the whole run ------------------------------------------------------------------
-    def run(self, *, bundle: bool = True) -> None:
+    def stop(self) -> None:
+        """``--stop``: remove what a ``--keep`` run (or a killed one) left."""
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        lock = _lock(os.path.join(self.run_dir, "demo.lock"))
+        try:
+            self.teardown()
+        finally:
+            os.close(lock)
+        self.say("stopped; nothing left running")
+
+    def run(self, *, bundle: bool = True, app: bool = True, keep: bool = False) -> None:
         started = time.monotonic()
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         lock = _lock(os.path.join(self.run_dir, "demo.lock"))
         try:
             if bundle:
                 self.flatrun_bundle()
-            if self._answers() or os.path.exists(os.path.join(self.run_dir, "daemon.pid")):
+            if (self._answers() or os.path.exists(os.path.join(self.run_dir, "daemon.pid"))
+                    or os.path.exists(f"/sys/class/net/{self.bridge}")):
                 with self.step("cleaning up what an interrupted earlier run left"):
                     self.teardown()
             try:
@@ -314,13 +519,60 @@ class Demo:
                              "-t 1 s, as docker and podman do)")
                     self.flatstack("stop", "-t", "1", NAME)
                     self.flatstack("rm", NAME)
+                if app:
+                    self.run_app(keep)
+            except BaseException:
+                keep = False  # a failed or interrupted run leaves nothing
+                raise
             finally:
-                with self.step("stop the daemon and the supervisor, remove bridge and netns"):
-                    self.teardown()
+                if not keep:
+                    with self.step("delete the app, stop the daemon and the supervisor, "
+                                   "remove endpoint rules, bridge and netns"):
+                        self.teardown()
         finally:
             os.close(lock)
-        self.say(f"\ndone in {time.monotonic() - started:.1f} s; nothing left running "
-                 f"(the image stays in {self.state} for the next run)")
+        self.say("\ntimings:")
+        for title, took in self.timings:
+            self.say(f"  {took:7.2f} s  {title}")
+        if keep:
+            self.say(f"\ndone in {time.monotonic() - started:.1f} s; the daemon and app "
+                     f"{APP} keep running on {self.url}")
+        else:
+            self.say(f"\ndone in {time.monotonic() - started:.1f} s; nothing left running "
+                     f"(the images stay in {self.state} for the next run)")
+
+    def run_app(self, keep: bool) -> None:
+        """Part 3: the example app through the control plane."""
+        from flatstack.examples import IMAGE as EXAMPLE
+
+        with self.step(f"the example image {EXAMPLE} (examples/image)"):
+            layout = self.example_layout()
+            self.flatstack("image", "import", "--name", EXAMPLE, layout)
+        with self.step(f"apply examples/app.yaml: app {APP}, endpoint port {self.app_port}"):
+            self.flatstack("apply", "-f", self.manifest())
+        with self.step("wait for 2 ready instances (startup, then readiness probes)"):
+            self.wait_ready(2)
+            self.flatstack("get", "apps")
+            self.flatstack("get", "instances", "-o", "wide")
+        with self.step(f"fetch {self.url}: one stable port, spread over the instances"):
+            if len(self.spread()) < 2:
+                self.say("    (all to one instance: the spread is random per connection)")
+        with self.step("kill an instance from outside: the daemon replaces it"):
+            self.kill_one()
+            self.flatstack("get", "instances", "-o", "wide")
+            self.events()
+        with self.step("try it"):
+            self.hints(keep)
+
+
+def _declared_port() -> int:
+    """The endpoint port ``examples/app.yaml`` declares."""
+    import yaml
+
+    from flatstack.examples import EXAMPLES
+
+    with open(os.path.join(EXAMPLES, "app.yaml")) as f:
+        return int(yaml.safe_load(f)["spec"]["ports"][0]["hostPort"])
 
 
 def _umoci(*argv: str) -> None:
@@ -348,10 +600,11 @@ def _read_pid(path: str) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, whose parent has not reaped it yet, has ended)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
 
 
@@ -367,25 +620,37 @@ def _free_port(preferred: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flatstack.demo [--state-dir DIR] [--run-dir DIR] [--port N]``."""
+    """``python -m flatstack.demo [--state-dir DIR] [--run-dir DIR] [--port N] [--keep]``."""
     parser = argparse.ArgumentParser(prog="flatstack.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", default="/var/lib/flatstack-demo")
     parser.add_argument("--run-dir", default="/run/flatstack-demo")
     parser.add_argument("--bridge", default="fsdemo0")
     parser.add_argument("--subnet", default="10.89.240.0/24")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--app-port", type=int, default=None,
+                        help="the example app's endpoint port (default: examples/app.yaml's, "
+                        "or a free one when that is taken)")
     parser.add_argument("--no-bundle", action="store_true", help="skip the flatrun part")
+    parser.add_argument("--no-app", action="store_true", help="skip the example app part")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the daemon and the example app running")
+    parser.add_argument("--stop", action="store_true",
+                        help="only remove what a --keep run (or a killed one) left")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("the demo needs root (namespaces, mounts, a bridge)", file=sys.stderr)
         return 1
     demo = Demo(args.state_dir, args.run_dir, bridge=args.bridge, subnet=args.subnet,
-                port=_free_port(args.port))
+                port=_free_port(args.port),
+                app_port=args.app_port or _free_port(_declared_port()))
     # SIGTERM as Ctrl-C: both unwind through the teardown (restored afterwards, so a
     # caller such as a test process keeps its own disposition)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        demo.run(bundle=not args.no_bundle)
+        if args.stop:
+            demo.stop()
+        else:
+            demo.run(bundle=not args.no_bundle, app=not args.no_app, keep=args.keep)
     except DemoError as err:
         print(f"demo failed: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,6 @@
+#!/bin/sh
+# GET /: the default page, naming the instance that answered.
+. /knobs.sh
+slow
+reply
+echo "hello from $(hostname)"

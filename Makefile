@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || echo /root/.pyenv/versions/3.11.7/bin
 VENV := .venv
 APT_PACKAGES := busybox-static runc crun podman containerd uidmap umoci skopeo docker-registry \
 	libseccomp2 libseccomp-dev iproute2 iptables procps util-linux jq gcc libc6-dev \
-	sysbench fio iperf3 sockperf qemu-system-x86 runsc linux-image-amd64 cpio
+	sysbench fio iperf3 sockperf qemu-system-x86 runsc linux-image-amd64 cpio prometheus
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint bench clean
@@ -30,6 +30,8 @@ lint: install
 
 bench: install
 	@$(VENV)/bin/python benchmarks/lifecycle.py
+	@$(VENV)/bin/python benchmarks/run_latency.py
+	@$(VENV)/bin/python benchmarks/contract.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

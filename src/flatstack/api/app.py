@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from flatstack import __version__
-from flatstack.api import API_VERSION, PREFIX, apps, containers, images
+from flatstack.api import API_VERSION, PREFIX, apps, containers, images, metrics
 from flatstack.api.errors import body_of, loc_to_field, log, status_of
 from flatstack.errors import FlatstackError
 
@@ -27,6 +27,7 @@ def create_app(engine: Any, store: Any) -> FastAPI:
     app.include_router(images.router, prefix=PREFIX)
     app.include_router(containers.router, prefix=PREFIX)
     app.include_router(apps.router, prefix=PREFIX)
+    app.include_router(metrics.router)  # /metrics, where Prometheus looks
 
     @app.get(f"{PREFIX}/version", tags=["system"], summary="Daemon version and pid")
     def version() -> dict[str, Any]:

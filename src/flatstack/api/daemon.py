@@ -99,8 +99,8 @@ def make_engine(places: Places, bridge: str | None = None, subnet: str | None = 
 
 
 def serve(places: Places, log_level: str = "info", bridge: str | None = None,
-          subnet: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT."""
+          subnet: str | None = None, metrics_listen: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT (``metrics_listen``: also /metrics on IP:PORT)."""
     import uvicorn
 
     from flatstack.api.app import create_app
@@ -116,7 +116,7 @@ def serve(places: Places, log_level: str = "info", bridge: str | None = None,
     pid_fd = _pidfile(places.pidfile)
     sock = None
     stop = threading.Event()
-    control = None
+    control = metrics_server = None
     try:
         sock = bind_socket(places.socket)
         engine = make_engine(places, bridge, subnet)
@@ -129,6 +129,11 @@ def serve(places: Places, log_level: str = "info", bridge: str | None = None,
         from flatstack.control.controller import Controller  # apps: control/controller.py
 
         control = app.state.control = Controller(engine).start()
+        if metrics_listen:
+            from flatstack.api.metrics import serve_metrics
+
+            metrics_server = serve_metrics(metrics_listen, control, engine)
+            log.info("metrics on http://%s/metrics", metrics_listen)
         threading.Thread(target=engine.reconcile_forever, args=(stop,), name="reconcile",
                          daemon=True).start()
         config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off",
@@ -141,6 +146,8 @@ def serve(places: Places, log_level: str = "info", bridge: str | None = None,
         _server_class()(config, app.state.stopping).run(sockets=[sock])
     finally:
         stop.set()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         if control is not None:
             control.stop()
         if sock is not None:

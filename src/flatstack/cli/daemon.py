@@ -25,7 +25,11 @@ def daemon(state_dir: str = Option(None, "--state-dir", envvar="FLATSTACK_STATE_
            subnet: str = Option(None, "--subnet", envvar="FLATSTACK_SUBNET",
                                       help="Subnet of the default network (10.89.0.0/24)."),
            log_level: str = Option("info", "--log-level",
-                                         help="debug, info, warning or error.")) -> None:
+                                         help="debug, info, warning or error."),
+           metrics_listen: str = Option(None, "--metrics-listen", metavar="IP:PORT",
+                                        envvar="FLATSTACK_METRICS_LISTEN",
+                                        help="Also serve /metrics (only) on this TCP "
+                                        "address, for Prometheus.")) -> None:
     """Serve the REST API on a unix socket (runs in the foreground until SIGTERM)."""
     from flatstack.api.daemon import serve
     from flatstack.api.places import Places
@@ -33,8 +37,12 @@ def daemon(state_dir: str = Option(None, "--state-dir", envvar="FLATSTACK_STATE_
 
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("--log-level", f"unknown level {log_level!r}")
+    if metrics_listen:
+        from flatstack.api.metrics import parse_listen
+
+        parse_listen(metrics_listen)  # a bad address fails before anything starts
     serve(Places.resolve(state_dir, socket or _state["socket"], runtime_root), log_level,
-          bridge, subnet)
+          bridge, subnet, metrics_listen)
 
 
 def register(app: Any) -> None:

@@ -326,6 +326,13 @@ class Store:
             (at, app, instance, reason, message, json.dumps(nums, sort_keys=True)))
         return Event(int(cur.lastrowid or 0), at, app, reason, message, instance, nums)
 
+    def event_counts(self) -> list[tuple[str, str, int, int]]:
+        """``(app, reason, events, restarts)`` over every event kept (``/metrics``);
+        ``restarts`` counts those whose numbers carry ``restarts`` (a failure replaced)."""
+        sql = ("SELECT app, reason, COUNT(*), SUM(json_extract(numbers, '$.restarts') "
+               "IS NOT NULL) FROM events GROUP BY app, reason ORDER BY app, reason")
+        return [(r[0], r[1], int(r[2]), int(r[3] or 0)) for r in self._db().execute(sql)]
+
     def events(self, *, since: float | None = None, app: str | None = None,
                after_id: int | None = None, limit: int | None = None) -> list[Event]:
         """Events, oldest first: at or after ``since``, of ``app``, with id > ``after_id``.

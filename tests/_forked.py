@@ -32,3 +32,13 @@ def in_child(fn: Callable[[], Any]) -> dict[str, Any]:
         data = f.read()
     os.waitpid(pid, 0)
     return json.loads(data)
+
+
+def drop_sys_resource() -> None:
+    """In a forked child: leave CAP_SYS_RESOURCE (what allows raising a hard rlimit) out
+    of every capability set, so limit errors show wherever the suite runs."""
+    from flatstack.kernel import caps
+
+    effective, permitted, inheritable = caps.capget()
+    mask = ~(1 << caps.CAPABILITIES["CAP_SYS_RESOURCE"])
+    caps.capset(effective & mask, permitted & mask, inheritable & mask)

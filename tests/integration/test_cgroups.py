@@ -343,8 +343,7 @@ def _cgroup2_root() -> str | None:
 @pytest.fixture
 def v2() -> Iterator[V2Manager]:
     root = _cgroup2_root()
-    if root is None:
-        pytest.skip("no cgroup2 mount")
+    assert root is not None, "no cgroup2 mount (this machine has one at /sys/fs/cgroup/unified)"
     name = _unique()
     manager = V2Manager(root, f"/{PARENT}/{name}")
     yield manager
@@ -384,8 +383,7 @@ def test_v2_destroy_kills_and_removes(v2: V2Manager, children: Any) -> None:
 def test_v2_hugetlb_limits_and_stats(v2: V2Manager) -> None:
     v2.create()
     available = (_fs.read(v2.root, "cgroup.controllers") or "").split()
-    if "hugetlb" not in available or not _fs.hugepage_sizes():
-        pytest.skip("no hugetlb controller on cgroup2")
+    assert "hugetlb" in available and _fs.hugepage_sizes(), "no hugetlb controller on cgroup2"
     v2.apply({"hugepageLimits": [{"pageSize": "2MB", "limit": 4 * MiB}]})
     assert _fs.read(v2.dir, "hugetlb.2MB.max") == str(4 * MiB)
     v2.update({"hugepageLimits": [{"pageSize": "2MB", "limit": -1}]})

@@ -13,6 +13,7 @@ import pytest
 from flatstack.errors import ConfigError
 from flatstack.kernel import caps, proc
 from flatstack.runtime import process_attrs as pa
+from tests._forked import drop_sys_resource
 from tests._forked import in_child as forked
 
 NET_BIND = caps.CAPABILITIES["CAP_NET_BIND_SERVICE"]
@@ -273,10 +274,9 @@ def test_rlimits_visible_in_proc_limits() -> None:
 
 def test_rlimit_nofile_above_hard_limit_is_clear() -> None:
     _, hard = proc.getrlimit(7)
-    if proc.prctl(proc.PR_CAPBSET_READ, caps.CAPABILITIES["CAP_SYS_RESOURCE"]) == 1:
-        pytest.skip("CAP_SYS_RESOURCE is held here: raising the hard limit is allowed")
 
     def child() -> Any:
+        drop_sys_resource()  # raising a hard limit is what CAP_SYS_RESOURCE allows
         pa.apply_rlimits([{"type": "RLIMIT_CORE", "soft": 0, "hard": 0},
                           {"type": "RLIMIT_NOFILE", "soft": hard + 1, "hard": hard + 1}])
 
@@ -373,10 +373,7 @@ def test_scheduler_fifo_reset_on_fork() -> None:
                             "flags": ["SCHED_FLAG_RESET_ON_FORK"]})
         return [os.sched_getscheduler(0), os.sched_getparam(0).sched_priority]
 
-    try:
-        policy, priority = in_child(child)
-    except ChildError as err:
-        pytest.skip(f"real-time scheduling unavailable here: {err}")
+    policy, priority = in_child(child)
     assert policy == os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
     assert priority == 10
 

@@ -170,8 +170,7 @@ def _launcher(user: RootlessUser, out_dir: Path) -> None:
 @pytest.fixture(scope="session")
 def rootless_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootlessUser]:
     """A real unprivileged user with its own subordinate id range; removed at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("creating the unprivileged test user needs root (make test)")
+    assert os.geteuid() == 0, "creating the unprivileged test user needs root (make test)"
     for tool in ("useradd", "userdel", "newuidmap", "newgidmap"):
         assert shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"), \
             f"{tool} missing: run make install (packages passwd, uidmap)"

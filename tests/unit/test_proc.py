@@ -13,7 +13,7 @@ import signal
 from typing import Any
 
 import pytest
-from tests._forked import in_child
+from tests._forked import drop_sys_resource, in_child
 
 from flatstack.errors import FlatstackError
 from flatstack.kernel import proc
@@ -121,8 +121,7 @@ def test_set_rlimits_in_child() -> None:
 
 def test_set_rlimits_unlimited() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_STACK)
-    if hard != resource.RLIM_INFINITY:
-        pytest.skip("RLIMIT_STACK hard limit is not unlimited here")
+    assert hard == resource.RLIM_INFINITY, "the test needs an unlimited RLIMIT_STACK hard limit"
 
     def child() -> Any:
         proc.set_rlimits([(resource.RLIMIT_STACK, 2**64 - 1, 2**64 - 1)])
@@ -133,10 +132,9 @@ def test_set_rlimits_unlimited() -> None:
 
 def test_set_rlimits_above_hard_names_the_entry() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if os.geteuid() == 0 and proc.prctl(proc.PR_CAPBSET_READ, 24) == 1:
-        pytest.skip("CAP_SYS_RESOURCE is held: raising the hard limit works here")
 
     def child() -> Any:
+        drop_sys_resource()
         proc.set_rlimits([(resource.RLIMIT_CORE, 0, 0),
                           (resource.RLIMIT_NOFILE, hard + 1, hard + 1)])
 

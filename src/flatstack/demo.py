@@ -129,38 +129,26 @@ class Demo:
     # -- part 2: the engine ---------------------------------------------------------------
     def image_layout(self) -> str:
         """The demo image as an OCI layout made by umoci (built once, then reused)."""
-        from flatstack.tools.busybox import build_rootfs
 
         layout = os.path.join(self.state, "demo-image")
         if os.path.exists(os.path.join(layout, "index.json")):
             self.say(f"    reusing the OCI layout {layout}")
             return layout
         self.say(f"    building {layout} with umoci from Debian's busybox-static")
-        work = tempfile.mkdtemp(prefix="flatstack-demo-image-")
-        partial = layout + ".partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            # umoci's own flow (new, unpack, fill the rootfs, repack): `umoci insert`
-            # 0.4.7 writes a layer whose tar stream lacks its final padding
-            bundle = os.path.join(work, "bundle")
-            tag = f"{partial}:1"
-            _umoci("init", "--layout", partial)
-            _umoci("new", "--image", tag)
-            _umoci("unpack", "--image", tag, bundle)
-            rootfs = build_rootfs(os.path.join(bundle, "rootfs"))
+        from flatstack.tools.busybox import ImageBuildError, build_image
+
+        def fill(rootfs: str) -> None:
             os.makedirs(os.path.join(rootfs, "www"))
             with open(os.path.join(rootfs, "www", "index.html"), "w") as f:
                 f.write(PAGE)
-            _umoci("repack", "--image", tag, bundle)
-            _umoci("config", "--image", tag, "--os", "linux", "--architecture", "amd64",
-                   "--config.env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-                   "--config.exposedports", "80/tcp",
-                   *[a for word in ("httpd", "-f", "-v", "-p", "80", "-h", "/www")
-                     for a in ("--config.cmd", word)])
-            os.replace(partial, layout)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(partial, ignore_errors=True)
+
+        try:
+            build_image(layout, fill, [
+                "--config.exposedports", "80/tcp",
+                *[a for word in ("httpd", "-f", "-v", "-p", "80", "-h", "/www")
+                  for a in ("--config.cmd", word)]])
+        except ImageBuildError as err:
+            raise DemoError(str(err)) from None
         return layout
 
     def start_daemon(self) -> None:
@@ -573,12 +561,6 @@ def _declared_port() -> int:
 
     with open(os.path.join(EXAMPLES, "app.yaml")) as f:
         return int(yaml.safe_load(f)["spec"]["ports"][0]["hostPort"])
-
-
-def _umoci(*argv: str) -> None:
-    proc = subprocess.run(["umoci", *argv], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise DemoError(f"umoci {argv[0]}: {proc.stderr.strip()}")
 
 
 def _lock(path: str) -> int:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
+
+from flatstack.tools.busybox import ImageBuildError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(REPO, "examples")
@@ -24,12 +24,6 @@ PORT = 8080
 
 class BuildError(Exception):
     """umoci refused a step; the message names it."""
-
-
-def _umoci(*argv: str) -> None:
-    proc = subprocess.run(["umoci", *argv], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BuildError(f"umoci {argv[0]}: {proc.stderr.strip()}")
 
 
 def source_stamp() -> str:
@@ -43,37 +37,24 @@ def source_stamp() -> str:
 
 def build_image(layout: str) -> str:
     """Write the example image to the OCI layout ``layout`` (replaced whole, atomically)."""
-    from flatstack.tools.busybox import build_rootfs
+    from flatstack.tools.busybox import build_image as build_busybox_image
 
-    layout = os.path.abspath(layout)
-    partial = layout + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    work = tempfile.mkdtemp(prefix="flatstack-example-")
-    try:
-        # umoci's flow (new, unpack, fill the rootfs, repack): `umoci insert` 0.4.7 writes
-        # a layer whose tar stream lacks its final padding
-        bundle = os.path.join(work, "bundle")
-        tag = f"{partial}:1"
-        _umoci("init", "--layout", partial)
-        _umoci("new", "--image", tag)
-        _umoci("unpack", "--image", tag, bundle)
-        rootfs = build_rootfs(os.path.join(bundle, "rootfs"))
+    stamp = source_stamp()
+
+    def fill(rootfs: str) -> None:
         shutil.copytree(os.path.join(SOURCE, "www"), os.path.join(rootfs, "www"))
         for name in ("serve.sh", "knobs.sh"):
             shutil.copy2(os.path.join(SOURCE, name), os.path.join(rootfs, name))
-        _umoci("repack", "--image", tag, bundle)
-        _umoci("config", "--image", tag, "--os", "linux", "--architecture", "amd64",
-               "--config.env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-               "--config.env", f"PORT={PORT}", "--config.exposedports", f"{PORT}/tcp",
-               "--config.cmd", "/serve.sh")
-        with open(os.path.join(partial, "flatstack-example.stamp"), "w") as f:
-            f.write(source_stamp())
-        shutil.rmtree(layout, ignore_errors=True)
-        os.replace(partial, layout)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(partial, ignore_errors=True)
-    return layout
+
+    try:
+        build_busybox_image(layout, fill, [
+            "--config.env", f"PORT={PORT}", "--config.exposedports", f"{PORT}/tcp",
+            "--config.cmd", "/serve.sh"])
+    except ImageBuildError as err:
+        raise BuildError(str(err)) from None
+    with open(os.path.join(layout, "flatstack-example.stamp"), "w") as f:
+        f.write(stamp)
+    return os.path.abspath(layout)
 
 
 def is_current(layout: str) -> bool:

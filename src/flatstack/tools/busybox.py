@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 BUSYBOX = "/bin/busybox"
@@ -53,6 +54,47 @@ def build_bundle(bundle: str, args: list[str] | None = None, *,
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(spec, f, indent=2)
     return bundle
+
+
+class ImageBuildError(Exception):
+    """umoci failed while building an image."""
+
+
+def _umoci(*argv: str) -> None:
+    proc = subprocess.run(["umoci", *argv], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ImageBuildError(f"umoci {argv[0]}: {proc.stderr.strip()}")
+
+
+def build_image(layout: str, fill: Callable[[str], None], config: list[str]) -> str:
+    """Write a busybox image to the OCI layout ``layout`` (replaced whole, atomically).
+
+    ``fill(rootfs)`` adds the image's own files; ``config`` are ``umoci config`` flags
+    (``--config.cmd ...``). umoci's own flow (new, unpack, fill, repack), because
+    ``umoci insert`` 0.4.7 writes a layer whose tar stream lacks its final padding.
+    """
+    import tempfile
+
+    layout = os.path.abspath(layout)
+    partial = layout + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    work = tempfile.mkdtemp(prefix="flatstack-image-")
+    try:
+        bundle = os.path.join(work, "bundle")
+        tag = f"{partial}:1"
+        _umoci("init", "--layout", partial)
+        _umoci("new", "--image", tag)
+        _umoci("unpack", "--image", tag, bundle)
+        fill(build_rootfs(os.path.join(bundle, "rootfs")))
+        _umoci("repack", "--image", tag, bundle)
+        _umoci("config", "--image", tag, "--os", "linux", "--architecture", "amd64",
+               "--config.env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *config)
+        shutil.rmtree(layout, ignore_errors=True)
+        os.replace(partial, layout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    return layout
 
 
 def main() -> None:

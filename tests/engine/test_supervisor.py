@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from flatstack.engine.client import SupervisorClient
+from flatstack.engine.client import ExitWatch, SupervisorClient
 from flatstack.engine.logs import read_log
 from flatstack.engine.supervisor import decode_exec, spawn
 from flatstack.errors import FlatstackError
@@ -127,6 +127,29 @@ def test_start_log_and_exit_code(node: Node, make_bundle: UniqueBundles) -> None
     assert not done["exit"]["oom_killed"]
     assert list(read_log(str(node.tmp / "c1.log"))) == [("stdout", b"hello\n"),
                                                          ("stderr", b"oops\n")]
+
+
+def test_wait_answers_at_the_exit_and_survives_hung_up_waiters(
+        node: Node, make_bundle: UniqueBundles) -> None:
+    """``wait`` replies when the container exits (not before), at once for an exited one;
+    waiters that hang up are dropped; removing a running container answers its waiters."""
+    node.spawn()
+    node.start("w1", make_bundle(["sleep", "30"]))
+    quitter = ExitWatch(node.socket, "w1")
+    assert not quitter.wait(0.2) and not quitter.broken
+    quitter.close()  # hangs up: the supervisor must drop it, not fail on it
+    watch = ExitWatch(node.socket, "w1")
+    assert not watch.wait(0.3) and node.client.call("status", id="w1")["state"] == "running"
+    began = time.monotonic()
+    node.client.call("kill", id="w1", signal=9)
+    assert watch.wait(5) and time.monotonic() - began < 1
+    assert node.client.call("wait", id="w1")["exit"]["code"] == 137  # exited: at once
+
+    node.start("w2", make_bundle(["sleep", "30"]))
+    doomed = ExitWatch(node.socket, "w2")
+    node.client.call("remove", id="w2", force=True)
+    assert doomed.wait(0.5)  # killed by the removal: that is its exit
+    assert node.client.call("ping")  # still serving
 
 
 def test_oom_kill_is_classified(node: Node, make_bundle: UniqueBundles) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 
 from flatstack._atomic import write_json
 from flatstack.engine import names as cnames
+from flatstack.engine.client import ExitWatch
 from flatstack.errors import (
     ConfigError,
     ContainerExists,
@@ -584,8 +585,13 @@ class Engine:
                 raise
             return gone
         cid = record["id"]
+        with ExitWatch(self.supervisor_socket, cid) as watch:
+            return self._wait_loop(ref, record, timeout, remove, watch)
+
+    def _wait_loop(self, ref: str, record: dict[str, Any], timeout: float | None,
+                   remove: bool, watch: ExitWatch) -> ContainerInfo:
+        cid = record["id"]
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.002
         while True:
             try:
                 sup = self._status(cid)
@@ -608,11 +614,11 @@ class Engine:
                 if remove and record.get("rm"):
                     self._remove_record(record, info, force=False)
                 return info
-            if deadline is not None and time.monotonic() >= deadline:
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
                 raise WaitTimeout(f"container {record['name']} did not exit within "
-                                   f"{timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+                                  f"{timeout} s")
+            watch.wait(min(left, 1.0))  # the exit notification, or re-check each second
 
     # -- removal ---------------------------------------------------------------------
     def remove(self, ref: str, force: bool = False) -> None:
@@ -802,8 +808,14 @@ class Engine:
             except FlatstackError:
                 return False
 
-        return read_log(record["log_path"], tail, follow, timestamps,
-                        is_running=running if follow else None)
+        if not follow:
+            return read_log(record["log_path"], tail, timestamps=timestamps)
+
+        def following() -> Iterator[tuple[str, bytes]]:
+            with ExitWatch(self.supervisor_socket, cid) as watch:  # ends the follow at once
+                yield from read_log(record["log_path"], tail, True, timestamps,
+                                    is_running=running, pause=watch.wait)
+        return following()
 
     def exec(self, ref: str, opts: ExecOptions) -> tuple[int, bytes, bytes]:
         """Run a process in the container; (exit code, stdout, stderr) when not detached

@@ -148,7 +148,8 @@ def _entries(data: bytes) -> list[tuple[bytes, str, bool, bytes]]:
 
 def read_log(path: str, tail: int | None = None, follow: bool = False,
              timestamps: bool = False, is_running: Callable[[], bool] | None = None,
-             poll: float = 0.1) -> Iterator[tuple[str, bytes]]:
+             poll: float = 0.1, pause: Callable[[float], object] = time.sleep,
+             ) -> Iterator[tuple[str, bytes]]:
     """(stream, piece) pairs from the log at ``path`` and its rotated files.
 
     A piece is a line with its ``\\n``, or a partial line without it (the next piece
@@ -156,6 +157,8 @@ def read_log(path: str, tail: int | None = None, follow: bool = False,
     ``tail``: only the last N lines.  ``follow``: keep reading new entries (across
     rotations) until ``is_running()`` is false and the file is drained.
     ``timestamps``: each line starts with its RFC 3339 time and a space.
+    ``pause(poll)`` waits between reads while following; one that returns early when
+    the writer exits (the supervisor's exit notification) ends the follow at once.
     """
     if tail is not None and (not isinstance(tail, int) or tail < 0):
         raise FlatstackError(f"tail: expected a non-negative integer, got {tail!r}")
@@ -226,7 +229,7 @@ def read_log(path: str, tail: int | None = None, follow: bool = False,
                     continue
             if not running:
                 return
-            time.sleep(poll)
+            pause(poll)
     finally:
         if fd >= 0:
             os.close(fd)

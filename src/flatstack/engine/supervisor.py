@@ -41,6 +41,9 @@ Requests (``{"op": ..., **args}``; the reply's ``result``):
 - ``status(id)`` -> ``{"id", "bundle", "log", "pid", "pid_start", "created",
   "tty", "state": "running"|"exited", "exit": {"code", "reason", "signal"?,
   "oom_killed", "finished"}}``;  ``list`` -> [status, ...]
+- ``wait(id)`` -> status, sent once the container has exited (at once if it has):
+  the exit notification, so clients need not poll. The client may hang up at any
+  time; a removed container's waiters get an error.
 - ``kill(id, signal=15)``;  ``remove(id, force=False)``;  ``shutdown``
 - ``exec(id, args=None, process=None, env=[], cwd=None, user=None, tty=False,
   console_socket=None, detach=False)``: a process in the running container
@@ -119,6 +122,7 @@ class Supervisor:
         self.logs: dict[str, _Logs] = {}  # container id -> its log streams
         self.execs: dict[int, _Exec] = {}  # exec'd pid -> foreground session
         self.detached: dict[int, str] = {}  # detached exec'd pid -> container id
+        self.waiters: dict[str, list[socket.socket]] = {}  # container id -> wait clients
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self._conn: socket.socket | None = None  # the request being handled
@@ -323,6 +327,7 @@ class Supervisor:
         self._drain_logs(cid)
         self._close_logs(cid)
         _remove_tree(self._dir(cid))
+        self._answer_waiters(cid, {"ok": False, "error": f"container {cid} was removed"})
 
     def _kill_children(self, cid: str, timeout: float = 5.0) -> None:
         """SIGKILL the container and reap the processes of it that are our children
@@ -358,6 +363,35 @@ class Supervisor:
         if info["oom_killed"]:
             info["reason"] = "oom"
         self._write(cid, EXIT, info)
+        self._answer_waiters(cid, {"ok": True, "result": self.status(cid)})
+
+    # -- exit notification ----------------------------------------------------------
+    def wait_for_exit(self, cid: str) -> Any:
+        """The status now if the container has exited, else a deferred reply."""
+        status = self.status(cid)
+        if status["state"] == "exited":
+            return status
+        assert self._conn is not None
+        conn = self._conn
+        self.waiters.setdefault(cid, []).append(conn)
+        # readable before the reply means the client hung up (or broke the protocol)
+        self.selector.register(conn, selectors.EVENT_READ,
+                               lambda c, i=cid: self._waiter_left(i, c))
+        return DEFERRED
+
+    def _waiter_left(self, cid: str, conn: socket.socket) -> None:
+        self.selector.unregister(conn)
+        conn.close()
+        left = self.waiters.get(cid, [])
+        if conn in left:
+            left.remove(conn)
+        if not left:
+            self.waiters.pop(cid, None)
+
+    def _answer_waiters(self, cid: str, reply: dict[str, Any]) -> None:
+        for conn in self.waiters.pop(cid, []):
+            self.selector.unregister(conn)
+            _reply(conn, reply)
 
     def _oom_kills(self, cid: str) -> int:
         try:
@@ -566,6 +600,8 @@ class Supervisor:
             except FileNotFoundError:
                 names = []
             return [self.status(n) for n in names if self._read(n, RECORD)]
+        if op == "wait":
+            return self.wait_for_exit(request["id"])
         if op == "kill":
             self.signal_container(request["id"], int(request.get("signal", 15)))
             return None

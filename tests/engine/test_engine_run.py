@@ -52,17 +52,18 @@ def test_options_override_the_image(node: Node) -> None:
               "|| cat /sys/fs/cgroup/memory.max; "
               "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null "
               "|| cut -d' ' -f1 /sys/fs/cgroup/cpu.max")
-    os.environ["FLATSTACK_TEST_FROM_HOST"] = "host-value"
+    # a bare KEY is dropped: the engine never copies from the daemon's own environment
+    os.environ["FLATSTACK_TEST_FROM_HOST"] = "daemon-value"
     info = node.engine.run(RunOptions(
-        image=APP_IMAGE, entrypoint=["sh", "-c"], command=[script + "; echo $FLATSTACK_TEST_"
-                                                         "FROM_HOST"],
+        image=APP_IMAGE, entrypoint=["sh", "-c"], command=[script + "; echo \"[${FLATSTACK_"
+                                                         "TEST_FROM_HOST-unset}]\""],
         env=["GREETING=overridden", "EXTRA=x", "FLATSTACK_TEST_FROM_HOST"], user="0:0",
         workdir="/tmp", hostname="web1", memory=64 << 20, cpus=0.5, pids_limit=77,
         network="none", name="opts", labels={"a": "b"}))
     assert info["name"] == "opts" and info["labels"] == {"org.example.tier": "web", "a": "b"}
     node.engine.wait("opts", timeout=10)
     assert node.log_text("opts").split("\n")[:-1] == [
-        "0", "/tmp", "overridden x", "web1", "77", str(64 << 20), "50000", "host-value"]
+        "0", "/tmp", "overridden x", "web1", "77", str(64 << 20), "50000", "[unset]"]
 
 
 def test_bridge_network_published_port_over_loopback(node: Node, tmp_path: Path) -> None:

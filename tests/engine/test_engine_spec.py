@@ -31,6 +31,15 @@ def test_env_merge() -> None:
         spec.merge_env([], ["=x"])
 
 
+def test_bare_env_key_never_reads_the_daemons_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw API caller's bare ``KEY`` must not copy a secret from the daemon's env."""
+    monkeypatch.setenv("FLATSTACK_DAEMON_SECRET", "s3cret")
+    env = spec.merge_env([], ["FLATSTACK_DAEMON_SECRET", "A=1"])
+    assert not any(e.startswith("FLATSTACK_DAEMON_SECRET") for e in env)
+    assert "A=1" in env
+
+
 def test_user_lookup_stays_inside_the_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)

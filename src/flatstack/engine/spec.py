@@ -61,8 +61,10 @@ def command(image_cfg: dict[str, Any], entrypoint: list[str] | None,
 
 def merge_env(image_env: list[str], extra: list[str], *,
               host_env: dict[str, str] | None = None) -> list[str]:
-    """Image Env then ``-e`` values (``KEY`` alone takes the host's value, or is dropped)."""
-    host_env = os.environ if host_env is None else host_env
+    """Image Env then ``-e`` values. ``KEY`` alone takes its value from ``host_env`` (the
+    caller's environment, which the CLI passes) or is dropped: never from the daemon's
+    own environment, which is not the user's and may hold secrets."""
+    host_env = {} if host_env is None else host_env
     merged: dict[str, str] = {}
     for i, item in enumerate([*image_env, *extra]):
         where = f"env[{i - len(image_env)}]" if i >= len(image_env) else "image Env"

@@ -70,7 +70,7 @@ def test_quick_report_structure(tmp_path: Path) -> None:
     assert "## Targets (flatstack = flatrun)" in md
     if data["platforms"]["vm"]["present"] and "TCG" in data["platforms"]["vm"]["label"]:
         assert "software-emulated" in md
-    for png in ("cpu.png", "copyup.png", "startup.png"):
+    for png in ("overview.png", "cpu.png", "copyup.png", "startup.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
         assert f"]({png})" in md
     # Nothing left behind: no mounts, no work directory, no tap device of the bench.

@@ -245,10 +245,59 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
     return files
 
 
+#: The overview's cases: what the thesis is about (throughput and round trip).
+OVERVIEW = ("cpu", "memory", "fio-vol-randread", "fio-vol-randwrite", "iperf3-bridge",
+            "iperf3-port", "sockperf-bridge", "sockperf-port")
+
+
+def plot_overview(results: dict[str, Any], out: Path) -> str | None:
+    """One grouped bar chart: % of bare metal per case and platform (the README's plot);
+    None when no case of :data:`OVERVIEW` has a bare-metal figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [c for c in results["cases"] if c["name"] in OVERVIEW and "bare" in c["samples"]]
+    names = [n for n in results["platforms"] if n != "bare"]
+    if not cases or not names:
+        return None
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    width = 0.8 / len(names)
+    top = 130.0
+    palette = {"flatrun": "#c0392b", "runc": "#2e86c1", "crun": "#5dade2",
+               "podman": "#1abc9c", "gvisor": "#8e44ad", "vm": "#e8b04a"}
+    for j, name in enumerate(names):
+        xs, ys = [], []
+        for i, case in enumerate(cases):
+            ratio = percent_of_bare(case, name)
+            if ratio is not None:
+                xs.append(i + (j - (len(names) - 1) / 2) * width)
+                ys.append(ratio)
+                top = max(top, ratio * 1.08)
+        label = name + (" (TCG, emulated)" if name == "vm" and "TCG" in
+                        results["platforms"][name].get("label", "") else "")
+        ax.bar(xs, ys, width, label=label, color=palette.get(name, "#7f8c8d"))
+    ax.axhline(100, color="#555", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([c["name"] for c in cases], rotation=20, fontsize=8)
+    ax.set_ylabel("% of bare metal (100 = native, higher is better)", fontsize=8)
+    ax.set_ylim(0, top)
+    ax.legend(fontsize=7, ncol=len(names), loc="upper center", bbox_to_anchor=(0.5, 1.12))
+    fig.text(0.01, 0.01, "Missing bars: not measured on that platform (see report.md). "
+             "Round trips as bare/platform.", fontsize=7)
+    fig.tight_layout()
+    name = "overview.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def write(results: dict[str, Any], out: Path) -> dict[str, Path]:
     """results.json, report.md and the PNGs into ``out``; returns the main paths."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({**results, "cited": CITED}, indent=2) + "\n")
-    plots = plot(results, out)
+    overview = plot_overview(results, out)
+    plots = ([overview] if overview else []) + plot(results, out)
     (out / "report.md").write_text(markdown(results, plots))
     return {"json": out / "results.json", "markdown": out / "report.md"}

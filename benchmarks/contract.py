@@ -12,7 +12,14 @@ exists), each on its own endpoint port, on a private bridge and subnet:
   the SLA monitor ejects it -> a replacement ready and the slow one gone; the load
   generator's failed requests are counted;
 - load step: a CPU burn started in the one instance of an autoscaled app (cpu
-  utilisation target 40 %) -> a second instance ready.
+  utilisation target 40 %) -> a second instance ready;
+- square wave: the same app's load alternates high (4 s) and low (3 s) three times, then
+  stays low, with an 8 s scale-down stabilisation window: how often the replica count
+  went up and down during the wave (target: up, then never down while it lasts) and how
+  long after the last high half it came down (target: the window, plus one pass);
+- rolling: a spec change (new env) rolled over 3 instances (maxSurge 1, maxUnavailable 0)
+  while a load generator hits the endpoint: time to all instances of the new generation
+  ready and the old ones gone, and the failed requests (target: 0).
 
 Times run from the action's API call returning to the new instance being reported ready
 by ``GET /v1/instances`` (polled every 20 ms). Prints a table against the issue's
@@ -22,6 +29,7 @@ targets with Kubernetes' defaults beside them, and writes JSON.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -45,16 +53,24 @@ from tests.engine._image_support import free_port
 
 from flatstack.control.endpoint import Endpoints, tag_of
 
+WAVE_WINDOW = 8  # scale-down stabilisation window of the square-wave scenario (s)
 TARGETS = {"crash": ("p50 < 1 s", 1.0), "hang": ("< 3 s", 3.0),
-           "slow": ("< 10 s, 0 errors", 10.0), "load_step": ("< 5 s", 5.0)}
+           "slow": ("< 10 s, 0 errors", 10.0), "load_step": ("< 5 s", 5.0),
+           "square_wave": (f"{WAVE_WINDOW}-{WAVE_WINDOW + 3} s, no flap", WAVE_WINDOW + 3.0),
+           "rolling": ("0 errors", 120.0)}
 KUBERNETES = {"crash": "restart at once (back-off 10 s from the 2nd); ready after the "
                        "next readiness probe (10 s period)",
               "hang": "30 s (10 s period x 3 failures)",
               "slow": "not detected (liveness still passes)",
-              "load_step": "15 s HPA loop, then the pod's start"}
+              "load_step": "15 s HPA loop, then the pod's start",
+              "square_wave": "300 s scale-down window (HPA default), 15 s loop",
+              "rolling": "0 errors with readiness probes and maxUnavailable 0"}
 READY = {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 0.2,
          "failureThreshold": 1}
 BURN = ["sh", "-c", "while :; do :; done"]
+BURN_WHILE_FLAG = ["sh", "-c", "touch /tmp/burn; while [ -f /tmp/burn ]; do :; done"]
+CPU_40 = [{"type": "Resource", "resource": {"name": "cpu", "target": {
+    "type": "Utilization", "averageUtilization": 40}}}]
 
 
 def app_doc(name: str, replicas: int, **spec: Any) -> dict[str, Any]:
@@ -241,9 +257,7 @@ def slow(plane: Plane) -> dict[str, Any]:
 
 
 def load_step(plane: Plane) -> dict[str, Any]:
-    autoscale = {"minReplicas": 1, "maxReplicas": 3, "metrics": [
-        {"type": "Resource", "resource": {"name": "cpu", "target": {
-            "type": "Utilization", "averageUtilization": 40}}}]}
+    autoscale = {"minReplicas": 1, "maxReplicas": 3, "metrics": CPU_40}
     doc = app_doc("load", 1, autoscale=autoscale)
     plane.apply(doc)
     try:
@@ -261,15 +275,76 @@ def load_step(plane: Plane) -> dict[str, Any]:
             "decision": scaled["message"], "value_s": done - began, "autoscale": autoscale}
 
 
+def square_wave(plane: Plane) -> dict[str, Any]:
+    autoscale = {"minReplicas": 1, "maxReplicas": 3, "metrics": CPU_40, "behavior": {
+        "scaleDown": {"stabilizationWindowSeconds": WAVE_WINDOW}}}
+    doc = app_doc("wave", 1, autoscale=autoscale)
+    plane.apply(doc)
+    try:
+        plane.wait(lambda: len(plane.ready("wave")) == 1, 60, "wave ready")
+        time.sleep(4.0)  # past the autoscaler's 3 s warm-up
+        busy = plane.ready("wave")[0]["id"]
+        began = time.time()
+        for _ in range(3):
+            plane.exec(busy, BURN_WHILE_FLAG, detach=True)
+            time.sleep(4.0)
+            plane.exec(busy, ["rm", "/tmp/burn"])
+            dropped = time.time()
+            time.sleep(3.0)
+        plane.wait(lambda: plane.call("GET", "/v1/apps/wave")["replicas"] == 1,
+                   WAVE_WINDOW + 20, "wave scaled in")
+        scaling = [e for e in plane.events("wave") if e["reason"] in ("ScaledUp", "ScaledDown")]
+    finally:
+        plane.delete("wave")
+    reasons = [e["reason"] for e in scaling]
+    during = [e["reason"] for e in scaling if e["time"] <= dropped]
+    flaps = sum(1 for a, b in itertools.pairwise(reasons) if a != b) - 1  # up, down: 0
+    down = next(e for e in scaling if e["reason"] == "ScaledDown")
+    value = down["time"] - dropped
+    return {"scaled_up": reasons.count("ScaledUp"),
+            "down_during_wave": during.count("ScaledDown"), "flaps": flaps,
+            "scaled_in_after_s": value, "wave_s": dropped - began, "window_s": WAVE_WINDOW,
+            "decisions": [f"{e['reason']} at +{e['time'] - began:.1f} s: {e['message']}"
+                          for e in scaling],
+            "value_s": value, "met": flaps == 0 and not during.count("ScaledDown")
+            and WAVE_WINDOW - 2 <= value < WAVE_WINDOW + 3}
+
+
+def rolling(plane: Plane) -> dict[str, Any]:
+    doc = app_doc("roll", 3, strategy={"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    plane.apply(doc)
+    try:
+        plane.wait(lambda: len(plane.ready("roll")) == 3, 60, "roll ready")
+        old = {i["id"] for i in plane.ready("roll")}
+        load = Load(_port(doc), "/")
+        time.sleep(1.0)
+        doc["spec"]["env"] = [{"name": "VERSION", "value": "2"}]
+        plane.apply(doc)
+        began = time.monotonic()
+
+        def rolled() -> bool:
+            every = plane.call("GET", "/v1/instances", params={"app": "roll"})
+            ready = [i for i in every if i["ready"] and i["state"] == "running"]
+            return (len(ready) == 3 and not old & {i["id"] for i in every}
+                    and {i["generation"] for i in ready} == {2})
+        done = plane.wait(rolled, 60, "roll updated")
+        time.sleep(1.0)
+        load.stop()
+    finally:
+        plane.delete("roll")
+    return {"rolled_s": done - began, "requests": load.total, "errors": load.errors,
+            "statuses": load.statuses, "value_s": done - began}
+
+
 def print_table(doc: dict[str, Any]) -> None:
     rows = doc["results"]
     print(f"\n{'scenario':<11}{'measured':>10}  {'target':<18}{'met':<5}kubernetes defaults")
-    for key in ("crash", "hang", "slow", "load_step"):
+    for key in TARGETS:
         if key not in rows:
             continue
         r = rows[key]
         text, limit = TARGETS[key]
-        met = r["value_s"] < limit and r.get("errors", 0) == 0
+        met = r.get("met", r["value_s"] < limit and r.get("errors", 0) == 0)
         print(f"{key:<11}{r['value_s']:>9.2f}s  {text:<18}{'yes' if met else 'NO':<5}"
               f"{KUBERNETES[key]}")
     if "crash" in rows:
@@ -289,6 +364,18 @@ def print_table(doc: dict[str, Any]) -> None:
         ls = rows["load_step"]
         print(f"load step: ScaledUp after {ls['decision_s']:.2f} s ({ls['decision']}); "
               f"second replica ready {ls['replica_serving_s']:.2f} s")
+    if "square_wave" in rows:
+        sw = rows["square_wave"]
+        print(f"square wave ({sw['wave_s']:.0f} s, scale-down window {sw['window_s']} s): "
+              f"{sw['scaled_up']} scale-up(s), {sw['down_during_wave']} scale-down(s) during "
+              f"the wave, {sw['flaps']} flap(s); scaled in {sw['scaled_in_after_s']:.2f} s "
+              "after the last high half")
+        for line in sw["decisions"]:
+            print(f"  {line}")
+    if "rolling" in rows:
+        r = rows["rolling"]
+        print(f"rolling update of 3 instances: {r['rolled_s']:.2f} s; {r['requests']} "
+              f"requests through the endpoint, {r['errors']} failed")
 
 
 def main() -> int:
@@ -297,7 +384,7 @@ def main() -> int:
     parser.add_argument("--hang-trials", type=int, default=3)
     parser.add_argument("--hang-failures", type=int, default=2,
                         help="liveness failureThreshold (period 1 s)")
-    parser.add_argument("--only", default="crash,hang,slow,load_step")
+    parser.add_argument("--only", default=",".join(TARGETS))
     parser.add_argument("--out", default=str(REPO / "results" / "contract.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -320,7 +407,8 @@ def main() -> int:
         scenarios: dict[str, Callable[[], dict[str, Any]]] = {
             "crash": lambda: crash(plane, args.crash_trials),
             "hang": lambda: hang(plane, args.hang_trials, args.hang_failures),
-            "slow": lambda: slow(plane), "load_step": lambda: load_step(plane)}
+            "slow": lambda: slow(plane), "load_step": lambda: load_step(plane),
+            "square_wave": lambda: square_wave(plane), "rolling": lambda: rolling(plane)}
         for key in only:
             print(f"{key}...", file=sys.stderr, flush=True)
             results[key] = scenarios[key]()

@@ -162,6 +162,44 @@ def test_autoscaler_scales_out_on_cpu(plane: Plane) -> None:
     assert wait_for(lambda: len(plane.ready()) >= 2)
 
 
+#: A CPU burner that runs while /tmp/burn exists (the square wave's high half).
+BURN_WHILE_FLAG = ["sh", "-c", "touch /tmp/burn; while [ -f /tmp/burn ]; do :; done"]
+
+
+def test_square_wave_scales_out_once_and_in_after_the_window(plane: Plane) -> None:
+    """Load alternates high (4 s) and low (3 s) three times, then stays low. The scale-down
+    window (8 s) is longer than a low half: replicas go up and stay up through every low
+    half, and come down once, a window after the last high half."""
+    window = 8
+    plane.apply(app_doc(replicas=1, readinessProbe=READY, autoscale={
+        "minReplicas": 1, "maxReplicas": 3,
+        "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": 40}}}],
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": window}}}))
+    assert wait_for(lambda: len(plane.ready()) == 1)
+    time.sleep(3.5)  # past the autoscaler's warm-up
+    from flatstack.engine.containers import ExecOptions
+
+    busy = plane.ready()[0]["id"]
+    for _ in range(3):
+        plane.node.engine.exec(busy, ExecOptions(command=BURN_WHILE_FLAG, detach=True))
+        time.sleep(4)
+        plane.node.engine.exec(busy, ExecOptions(command=["rm", "/tmp/burn"]))
+        dropped = time.time()
+        time.sleep(3)
+    assert wait_for(lambda: plane.store.get("web").replicas == 1, timeout=window + 10)
+    scaling = [e for e in plane.store.events(app="web")
+               if e.reason in ("ScaledUp", "ScaledDown")]
+    reasons = [e.reason for e in scaling]
+    assert reasons[0] == "ScaledUp" and reasons[-1] == "ScaledDown", reasons
+    first_down = reasons.index("ScaledDown")
+    assert "ScaledUp" not in reasons[first_down:], reasons  # no oscillation
+    # nothing came down before the window after the last high half had passed
+    assert scaling[first_down].time >= dropped + window - 2, (
+        scaling[first_down].time - dropped, reasons)
+    assert scaling[first_down].numbers["to"] < scaling[first_down].numbers["from"]
+
+
 SLA = {"latencyP99Ms": 150, "window": 3, "minSamples": 10,
        "synthetic": {"httpGet": {"path": "/cgi-bin/work", "port": "http"},
                      "ratePerSecond": 10}}

@@ -149,6 +149,7 @@ class FlatstackDaemon:
 
     def close(self) -> None:
         """Remove every container, stop the daemon and the supervisor, drop the bridge."""
+        from flatstack.api.client import ApiError
         from flatstack.engine.client import SupervisorClient
         from flatstack.errors import FlatstackError
         from flatstack.network import netns
@@ -156,7 +157,11 @@ class FlatstackDaemon:
         if self.proc is not None and self.proc.poll() is None:
             try:
                 for c in self.containers():
-                    self.remove(c["id"])
+                    try:
+                        self.remove(c["id"])
+                    except ApiError as err:
+                        if err.status != 404:  # 404: removed meanwhile (an app's instance)
+                            raise
             except FlatstackError as err:
                 print(f"flatstack cleanup: {err}", file=sys.stderr)
             self.proc.send_signal(signal.SIGTERM)

@@ -131,6 +131,49 @@ def test_volumes_survive_and_bind_mounts(node: Node, tmp_path: Path) -> None:
     assert not (host_dir / "x").exists()
 
 
+def test_new_named_volume_is_seeded_from_the_image(node: Node, tmp_path: Path,
+                                                  busybox_rootfs: str) -> None:
+    """docker's and podman's first-use copy: the image's directory at the destination
+    fills a new volume (owners kept container-neutral, symlinks copied as links, never
+    followed to the host); an existing volume is never overwritten."""
+    import tarfile
+
+    from flatstack.image.archive import import_image
+    from tests.engine._engine_support import rootfs_tar
+    from tests.engine._image_support import layer_tar, member, oci_layout
+
+    seed = layer_tar([
+        member("seed/", tarfile.DIRTYPE, mode=0o750, uid=1000, gid=1000),
+        member("seed/conf", data=b"from the image\n", uid=1000, gid=1000, mode=0o640),
+        member("seed/passwd", tarfile.SYMTYPE, link="/etc/passwd"),
+        member("seed/sub/", tarfile.DIRTYPE, mode=0o755),
+        member("seed/sub/deep", data=b"deep\n", mode=0o600),
+        member("seed/pipe", tarfile.FIFOTYPE, mode=0o644),
+    ])
+    layout = oci_layout(tmp_path / "seeded", [rootfs_tar(busybox_rootfs), seed],
+                        name="localhost/seeded:1", config={"Cmd": ["sh"]})
+    import_image(node.engine.store, str(layout))
+
+    first = node.engine.run(RunOptions(
+        image="localhost/seeded:1", network="none", volumes=["seeded:/seed", "empty:/none"],
+        command=["sh", "-c", "cat /seed/conf /seed/sub/deep; stat -c '%u %a' /seed; "
+                 "ls /none | wc -l; echo changed > /seed/conf"]))
+    assert node.engine.wait(first["id"], timeout=10)["exit_code"] == 0
+    assert node.log_text(first["id"]) == "from the image\ndeep\n1000 750\n0\n"
+    data = node.state / "volumes" / "seeded" / "_data"
+    assert (data.stat().st_uid, oct(data.stat().st_mode & 0o7777)) == (1000, "0o750")
+    assert (data / "conf").stat().st_uid == 1000
+    assert os.readlink(data / "passwd") == "/etc/passwd", "a link, not the host's file"
+    assert (data / "pipe").is_fifo()
+    assert (data / "sub" / "deep").stat().st_mode & 0o777 == 0o600
+    assert not list((node.state / "volumes" / "empty" / "_data").iterdir())
+
+    again = node.engine.run(RunOptions(image="localhost/seeded:1", network="none",
+                                       volumes=["seeded:/seed"], command=["cat", "/seed/conf"]))
+    node.engine.wait(again["id"], timeout=10)
+    assert node.log_text(again["id"]) == "changed\n", "an existing volume is kept as it is"
+
+
 def test_user_namespace_ranges_are_distinct(node: Node) -> None:
     infos = [node.engine.run(RunOptions(image=IMAGE, command=["sleep", "30"], network="none"))
              for _ in range(2)]

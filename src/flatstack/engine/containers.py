@@ -360,6 +360,7 @@ class Engine:
         """Create and start a container; on any failure nothing is left behind."""
         from flatstack.engine import spec as specs
         from flatstack.engine.overlay import mount_rootfs, unmount_rootfs
+        from flatstack.engine.volume_seed import seed_volume
         from flatstack.engine.volumes import mount_entry
         from flatstack.image.unpack import unpack_image
         from flatstack.runtime import userns_pool
@@ -432,6 +433,7 @@ class Engine:
                     if created:
                         record["volumes_created"].append(vol.source)
                         undo.append(lambda n=vol.source: self.volumes.remove(n))
+                        seed_volume(source, merged, vol.destination, host_id, USERNS_SIZE)
                 mounts.append(mount_entry(vol, source))
                 record["mounts"].append(vol.to_json(source))
             netns_path: str | None = None

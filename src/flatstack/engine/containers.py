@@ -754,27 +754,39 @@ class Engine:
                             with contextlib.suppress(FlatstackError, OSError):
                                 self.volumes.remove(vol)
                         done["abandoned"].append(cid)
+        # Each listing below is read BEFORE the container ids it is checked against: a
+        # concurrent run() makes its directory before its netns, hold and name, so what
+        # a listing shows of a run in progress is always among the ids read after it.
+        attached = list(self.networks.attached())
         ids = set(self._ids())
-        for cid in self.networks.attached():
+        for cid in attached:
             if cid not in ids:
                 with contextlib.suppress(FlatstackError):
                     self.networks.detach(cid)
                     done["detached"].append(cid)
         store = self.store
-        for hold in store.holds():
+        holds = list(store.holds())
+        ids = set(self._ids())
+        for hold in holds:
             owner = str(hold.get("owner", ""))
             if owner not in ids:
                 store.release(owner)
                 done["released"].append(owner)
-        self._prune_names_and_tombstones(ids)
+        self._prune_names_and_tombstones()
         return done
 
-    def _prune_names_and_tombstones(self, ids: set[str]) -> None:
+    def _prune_names_and_tombstones(self) -> None:
+        links: list[tuple[str, str]] = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.listdir(self.names_dir):
                 link = os.path.join(self.names_dir, entry)
                 with contextlib.suppress(OSError):
-                    if os.readlink(link) not in ids:
+                    links.append((link, os.readlink(link)))
+        ids = set(self._ids())  # after the links (see reconcile)
+        for link, cid in links:
+            if cid not in ids:
+                with contextlib.suppress(OSError):
+                    if os.readlink(link) == cid:  # not taken by a new container meanwhile
                         os.unlink(link)
         cutoff = time.time() - _TOMBSTONE_TTL
         with contextlib.suppress(FileNotFoundError):

@@ -256,14 +256,18 @@ def slow(plane: Plane) -> dict[str, Any]:
             "statuses": load.statuses, "value_s": done - began, "sla": sla}
 
 
+def _warmed_up(plane: Plane, name: str) -> str:
+    """The id of the one instance of autoscaled app ``name`` once ready and warmed up."""
+    plane.wait(lambda: len(plane.ready(name)) == 1, 60, f"{name} ready")
+    time.sleep(4.0)  # past the autoscaler's 3 s warm-up
+    return str(plane.ready(name)[0]["id"])
+
+
 def load_step(plane: Plane) -> dict[str, Any]:
     autoscale = {"minReplicas": 1, "maxReplicas": 3, "metrics": CPU_40}
-    doc = app_doc("load", 1, autoscale=autoscale)
-    plane.apply(doc)
+    plane.apply(app_doc("load", 1, autoscale=autoscale))
     try:
-        plane.wait(lambda: len(plane.ready("load")) == 1, 60, "load ready")
-        time.sleep(4.0)  # past the autoscaler's 3 s warm-up
-        first = plane.ready("load")[0]["id"]
+        first = _warmed_up(plane, "load")
         wall = time.time()
         plane.exec(first, BURN, detach=True)
         began = time.monotonic()
@@ -278,12 +282,9 @@ def load_step(plane: Plane) -> dict[str, Any]:
 def square_wave(plane: Plane) -> dict[str, Any]:
     autoscale = {"minReplicas": 1, "maxReplicas": 3, "metrics": CPU_40, "behavior": {
         "scaleDown": {"stabilizationWindowSeconds": WAVE_WINDOW}}}
-    doc = app_doc("wave", 1, autoscale=autoscale)
-    plane.apply(doc)
+    plane.apply(app_doc("wave", 1, autoscale=autoscale))
     try:
-        plane.wait(lambda: len(plane.ready("wave")) == 1, 60, "wave ready")
-        time.sleep(4.0)  # past the autoscaler's 3 s warm-up
-        busy = plane.ready("wave")[0]["id"]
+        busy = _warmed_up(plane, "wave")
         began = time.time()
         for _ in range(3):
             plane.exec(busy, BURN_WHILE_FLAG, detach=True)

@@ -10,23 +10,20 @@ that hides the hybrid cgroup2 mount).
 from __future__ import annotations
 
 import os
-import random
-import signal
 import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO))
 
 from flatstack.api import frames  # noqa: E402
 from flatstack.api.client import Client, path  # noqa: E402
-from flatstack.tools.busybox import build_rootfs  # noqa: E402
+from flatstack.testing import PrivateDaemon  # noqa: E402
+from flatstack.tools.busybox import build_image, build_rootfs  # noqa: E402
 
 IMAGE = "localhost/bench-busybox:latest"
 FLATSTACK = REPO / ".venv" / "bin" / "flatstack"
@@ -40,61 +37,33 @@ ULIMITS = 'default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n'
 
 def busybox_image(work: Path) -> tuple[Path, Path]:
     """An OCI layout (flatstack) and a rootfs tarball (``podman import``) of busybox."""
-    from tests.engine._engine_support import rootfs_tar
-    from tests.engine._image_support import oci_layout
-
+    layout = Path(build_image(str(work / "layout"), lambda _root: None,
+                              ["--config.cmd", "sh"]))
     rootfs = build_rootfs(str(work / "rootfs"))
-    layout = oci_layout(work / "layout", [rootfs_tar(rootfs)], name=IMAGE,
-                        config={"Cmd": ["sh"]})
     tar = work / "busybox.tar"
     subprocess.run(["tar", "-C", rootfs, "-cf", str(tar), "."], check=True)
     return layout, tar
 
 
-class FlatstackDaemon:
+class FlatstackDaemon(PrivateDaemon):
     """``flatstack daemon`` on directories under ``work`` with a private bridge/subnet."""
 
     name = "flatstack"
 
     def __init__(self, work: Path) -> None:
-        self.work = work
-        self.state = work / "state"
-        self.run_dir = work / "run"
-        self.socket = self.run_dir / "api.sock"
-        self.runtime = work / "runtime"
-        self.bridge = f"fsbn{uuid.uuid4().hex[:6]}"
-        self.subnet = f"10.93.{random.randint(2, 250)}.0/24"
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLATSTACK_")},
-                    "FLATSTACK_SOCKET": str(self.socket)}
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(work, bridge_prefix="fsbn", subnet_octet=93, executable=FLATSTACK)
 
-    def start(self, timeout: float = 60) -> FlatstackDaemon:
-        log = open(self.work / "daemon.log", "ab")  # noqa: SIM115 - the daemon keeps it
-        self.proc = subprocess.Popen(
-            [str(FLATSTACK), "daemon", "--state-dir", str(self.state), "--socket",
-             str(self.socket), "--runtime-root", str(self.runtime), "--bridge", self.bridge,
-             "--subnet", self.subnet, "--log-level", "warning"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
-            start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"flatstack daemon exited {self.proc.returncode}: "
-                                   f"{(self.work / 'daemon.log').read_text()[-2000:]}")
-            try:
-                self.api(timeout=5).call("GET", path("version"))
-                return self
-            except Exception:  # not listening yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    def start(self, timeout: float = 60, extra: tuple[str, ...] = ("--log-level", "warning"),
+              preexec_fn: Any = None) -> FlatstackDaemon:
+        super().start(timeout, extra, preexec_fn)
+        return self
 
     def api(self, timeout: float | None = 300.0) -> Client:
         return Client(str(self.socket), timeout=timeout)
 
     def import_image(self, layout: Path) -> None:
-        self.api().call("POST", path("images", "import"), body={"path": str(layout)})
+        self.api().call("POST", path("images", "import"),
+                        body={"path": str(layout), "name": IMAGE})
 
     def run_rm(self, network: str, command: list[str] | None = None) -> float:
         """One foreground ``run --rm`` request (what the CLI sends); its wall time."""
@@ -138,6 +107,11 @@ class FlatstackDaemon:
     def remove(self, cid: str) -> None:
         self.api().call("DELETE", path("containers", cid), params={"force": True})
 
+    def close(self) -> None:
+        """Containers, daemon, supervisor and bridge go (only if it was started)."""
+        if self.proc is not None:
+            super().close()
+
     def engine_pids(self) -> list[int]:
         """The daemon and the supervisor: the processes flatstack adds to the host."""
         from flatstack.engine.client import SupervisorClient
@@ -146,37 +120,6 @@ class FlatstackDaemon:
         sup = SupervisorClient(str(self.run_dir / "supervisor.sock"), timeout=5)
         pids.append(int(sup.call("ping")["pid"]))
         return pids
-
-    def close(self) -> None:
-        """Remove every container, stop the daemon and the supervisor, drop the bridge."""
-        from flatstack.api.client import ApiError
-        from flatstack.engine.client import SupervisorClient
-        from flatstack.errors import FlatstackError
-        from flatstack.network import netns
-
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                for c in self.containers():
-                    try:
-                        self.remove(c["id"])
-                    except ApiError as err:
-                        if err.status != 404:  # 404: removed meanwhile (an app's instance)
-                            raise
-            except FlatstackError as err:
-                print(f"flatstack cleanup: {err}", file=sys.stderr)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        try:
-            SupervisorClient(str(self.run_dir / "supervisor.sock"), timeout=5).call("shutdown")
-        except FlatstackError:
-            pass
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
-        netns.release_dir(str(self.run_dir))
 
 
 class Podman:

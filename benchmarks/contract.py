@@ -48,10 +48,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import IMAGE, REPO, FlatstackDaemon, busybox_image
-from tests.control._plane import SERVE, get
-from tests.engine._image_support import free_port
 
 from flatstack.control.endpoint import Endpoints, tag_of
+from flatstack.testing import HTTPD_APP, free_port
+from flatstack.testing import http_get as get
 
 WAVE_WINDOW = 8  # scale-down stabilisation window of the square-wave scenario (s)
 TARGETS = {"crash": ("p50 < 1 s", 1.0), "hang": ("< 3 s", 3.0),
@@ -76,7 +76,7 @@ CPU_40 = [{"type": "Resource", "resource": {"name": "cpu", "target": {
 def app_doc(name: str, replicas: int, **spec: Any) -> dict[str, Any]:
     """An App of busybox httpd instances with an endpoint port and a readiness probe."""
     return {"apiVersion": "flatstack.io/v1", "kind": "App", "metadata": {"name": name},
-            "spec": {"image": IMAGE, "command": ["sh", "-c", SERVE],
+            "spec": {"image": IMAGE, "command": ["sh", "-c", HTTPD_APP],
                      "ports": [{"name": "http", "containerPort": 8080,
                                 "hostPort": free_port()}],
                      "replicas": replicas, "readinessProbe": READY,

@@ -26,6 +26,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if needs_root and os.geteuid() != 0:
         raise pytest.UsageError(f"{len(needs_root)} collected tests need root: run the "
                                 "suite as root (make test)")
+    tools = {"podman": ("podman",), "containerd": ("containerd", "ctr", "umoci")}
+    for marker, names in tools.items():
+        missing = [n for n in names if shutil.which(n) is None]
+        if missing and any(i.get_closest_marker(marker) for i in items):
+            raise pytest.UsageError(f"{', '.join(missing)} not installed: the {marker} tests "
+                                    "drive the real tools (make install installs them)")
 
 
 @pytest.fixture(scope="session")

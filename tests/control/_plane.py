@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,16 +11,13 @@ import pytest
 
 from flatstack.control.controller import Controller
 from flatstack.control.validate import parse_app
+from flatstack.testing import HTTPD_APP, http_get
 from tests.engine._engine_support import IMAGE, Node
 from tests.engine._image_support import free_port
 
 # Each instance serves its hostname at /, /alive and /ready while those files exist, and
 # /cgi-bin/work (slow while /tmp/slow exists).
-WORK = ("#!/bin/sh\\n[ -f /tmp/slow ] && sleep 0.3\\necho Content-Type: text/plain\\n"
-        "echo\\necho ok\\n")
-SERVE = ("mkdir -p /tmp/www/cgi-bin && hostname > /tmp/www/index.html && touch /tmp/www/alive "
-         f"/tmp/www/ready && printf '{WORK}' > /tmp/www/cgi-bin/work && "
-         "chmod +x /tmp/www/cgi-bin/work && exec httpd -f -p 8080 -h /tmp/www")
+SERVE = HTTPD_APP
 
 
 def app_doc(name: str = "web", replicas: int = 2, host_port: int | None = None,
@@ -84,20 +80,7 @@ class Plane:
         self.control.endpoints.teardown()
 
 
-def get(host: str, port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
-    """One HTTP/1.0 GET on a new connection: (status, body); (0, error) when it fails."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-            chunks = []
-            while data := sock.recv(4096):
-                chunks.append(data)
-    except OSError as err:
-        return 0, str(err)
-    text = b"".join(chunks).decode(errors="replace")
-    head, _, body = text.replace("\r\n", "\n").partition("\n\n")
-    parts = head.split()
-    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0), body.strip()
+get = http_get
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, step: float = 0.05) -> Any:

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from flatstack.testing import free_port  # noqa: F401 - the tests import it from here
+
 REPO = Path(__file__).resolve().parents[2]
 FLATSTACK = REPO / ".venv" / "bin" / "flatstack"
 
@@ -101,12 +103,6 @@ def store_files(state: Path) -> set[str]:
     """Every file and directory under the store (to check nothing half-written is left)."""
     root = state / "images"
     return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(host: str, port: int, timeout: float = 10) -> None:

@@ -31,7 +31,6 @@ from flatstack.runtime.cgroups.v2 import V2Manager
 PARENT = "flatstack-test"
 MiB = 1 << 20
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 v1_only = pytest.mark.skipif(detect_mode() == "unified", reason="needs cgroup v1 controllers")
 
 

@@ -12,11 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.containerd,
-    pytest.mark.skipif(shutil.which("containerd") is None or shutil.which("umoci") is None,
-                       reason="containerd or umoci is not installed"),
-]
+pytestmark = [pytest.mark.containerd]
 
 IMAGE = "localhost/flatstack-busybox:latest"
 

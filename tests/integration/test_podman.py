@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pty
 import select
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.podman,
-    pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed"),
-]
+pytestmark = [pytest.mark.podman]
 
 IMAGE = "localhost/flatstack-busybox:test"
 

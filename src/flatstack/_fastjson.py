@@ -80,6 +80,22 @@ _compact_encoder = _json.make_encoder(
 )
 
 
-def dumps(value: Any, *, compact: bool = False) -> str:
-    """Serialise plain data (dict, list, str, int, float, bool, None)."""
+def dumps(value: Any, *, compact: bool = False, indent: int | None = None) -> str:
+    """Serialise plain data (dict, list, str, int, float, bool, None); with ``indent``,
+    as ``json.dumps(value, indent=indent, ensure_ascii=False)`` writes it."""
+    if indent is not None:
+        return _indented(value, indent, 0)
     return "".join((_compact_encoder if compact else _encoder)(value, 0))
+
+
+def _indented(value: Any, indent: int, level: int) -> str:
+    if isinstance(value, dict) and value:
+        pad = " " * (indent * (level + 1))
+        items = [f"{pad}{_encoder(str(k), 0)[0]}: {_indented(v, indent, level + 1)}"
+                 for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * (indent * level) + "}"
+    if isinstance(value, list | tuple) and value:
+        pad = " " * (indent * (level + 1))
+        items = [pad + _indented(v, indent, level + 1) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + " " * (indent * level) + "]"
+    return "".join(_encoder(value, 0))

@@ -16,9 +16,7 @@ def state(root: str, container_id: str) -> str:
 
 
 def _indent(value: object) -> str:
-    import json
-
-    return json.dumps(value, indent=2)
+    return _fastjson.dumps(value, indent=2)
 
 
 def list_containers(root: str, fmt: str = "table", quiet: bool = False) -> str:

@@ -128,3 +128,32 @@ def test_bad_layers(tmp_path: Path) -> None:
     with pytest.raises(FlatstackError, match="is not a directory"):
         mount_rootfs([str(tmp_path / "missing")], str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_mapping_namespaces_are_reused_per_mapping() -> None:
+    """The daemon keeps one mapping namespace per id range: same maps, same namespace
+    (no placeholder fork); other maps, another; the oldest goes when the cache is full."""
+    from flatstack.runtime.idmapped import UsernsCache
+
+    def maps(host: int) -> list[dict[str, int]]:
+        return [{"containerID": 0, "hostID": host, "size": 65536}]
+
+    def ns_of(fd: int) -> tuple[int, str]:
+        try:
+            return os.fstat(fd).st_ino, Path(f"/proc/self/fd/{fd}").readlink().name
+        finally:
+            os.close(fd)
+
+    cache = UsernsCache(size=2)
+    held = cache.get(maps(300000), maps(300000), "t")  # kept open: its inode stays taken
+    try:
+        first = os.fstat(held).st_ino
+        assert ns_of(cache.get(maps(300000), maps(300000), "t"))[0] == first
+        second = ns_of(cache.get(maps(400000), maps(400000), "t"))
+        assert second[0] != first and second[1].startswith("user:[")
+        ns_of(cache.get(maps(500000), maps(500000), "t"))  # evicts 300000
+        assert ns_of(cache.get(maps(300000), maps(300000), "t"))[0] != first
+        assert Path(f"/proc/self/fd/{held}").readlink().name == f"user:[{first}]"
+    finally:
+        os.close(held)
+        cache.close()

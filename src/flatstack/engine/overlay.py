@@ -15,6 +15,7 @@ import shutil
 
 from flatstack.errors import FlatstackError, KernelError
 from flatstack.kernel import mount as m
+from flatstack.runtime.idmapped import UsernsCache
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,12 +66,16 @@ def _host_id(maps: list[dict[str, Any]], inside: int) -> int:
     raise FlatstackError(f"overlay: id maps do not map container id {inside}")
 
 
+#: The mapping namespaces of this process's overlays (the daemon reuses id ranges).
+_USERNSES = UsernsCache()
+
+
 def _idmapped_layers(lowers: list[str], container_dir: str,
                      id_maps: tuple[list[dict[str, Any]], list[dict[str, Any]]]
                      ) -> list[str]:
-    from flatstack.runtime.idmapped import attach_at, idmapped_tree, mapping_userns
+    from flatstack.runtime.idmapped import attach_at, idmapped_tree
 
-    userns = mapping_userns(id_maps[0], id_maps[1], "overlay: id maps")
+    userns = _USERNSES.get(id_maps[0], id_maps[1], "overlay: id maps")
     mapped_root = os.path.join(container_dir, "mapped")
     mapped: list[str] = []
     try:

@@ -102,7 +102,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         added = (statistics.median(case["samples"][FLATSTACK])
                  - statistics.median(case["samples"]["bare"]))
         verdict = "met" if added <= RTT_TARGET_US else "**NOT met**"
-        rows.append((f"bridge round trip ≤ bare + {RTT_TARGET_US:g} µs", f"+{added:.1f} µs",
+        rows.append((f"bridge round trip ≤ bare + {RTT_TARGET_US:g} µs", f"{added:+.1f} µs",
                      verdict))
     else:
         rows.append((f"bridge round trip ≤ bare + {RTT_TARGET_US:g} µs", "not measured", "—"))
@@ -124,8 +124,10 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
         "per round.", "",
     ]
     if results["profile"] == "quick":
-        lines += ["> **Quick profile**: 1-second runs, 2 samples (1 for the VM). A smoke "
-                  "test of the machinery, not a measurement to quote.", ""]
+        left_out = ", ".join(results.get("skipped_cases") or []) or "none"
+        lines += ["> **Quick profile**: 1-second runs, 2 samples (1 for the VM); cases left "
+                  f"out: {left_out}. A smoke test of the machinery, not a measurement to "
+                  "quote.", ""]
     if "TCG" in vm_label:
         lines += [f"> **{vm_label}**: every VM figure below is from software emulation "
                   "(QEMU TCG), because this host's /dev/kvm cannot run a stock kernel. "

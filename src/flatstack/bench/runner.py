@@ -83,12 +83,13 @@ class Results:
     cases: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     seconds: float = 0.0
+    skipped_cases: list[str] = field(default_factory=list)  # left out by the profile
 
     def to_json(self) -> dict[str, Any]:
         return {"profile": self.profile, "machine": self.machine, "workdir": self.workdir,
                 "versions": self.versions,
                 "platforms": self.platforms, "cases": self.cases, "started": self.started,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "skipped_cases": self.skipped_cases}
 
 
 def machine() -> dict[str, Any]:
@@ -157,6 +158,8 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="flatstack-bench-", dir="/var/tmp"))
         self.work.chmod(0o755)
         self.results = Results(profile.name, machine(), workdir=str(self.work))
+        self.results.skipped_cases = [c.name for w in workloads for c in w.cases
+                                      if c.name in profile.skip_cases]
 
     # -- set-up --------------------------------------------------------------------
     def _lock(self) -> None:
@@ -201,7 +204,8 @@ class Bench:
         self.env = env
 
     def cases(self) -> list[W.Case]:
-        return [c for w in self.workloads for c in w.cases]
+        return [c for w in self.workloads for c in w.cases
+                if c.name not in self.profile.skip_cases]
 
     def steps(self) -> int:
         """Number of progress steps (one per sample)."""

@@ -826,18 +826,18 @@ class Engine:
 
         record = self._record(ref)
         cid = record["id"]
-
-        def running() -> bool:
-            try:
-                return self._info(record, self._status(cid))["state"] == "running"
-            except FlatstackError:
-                return False
-
         if not follow:
             return read_log(record["log_path"], tail, timestamps=timestamps)
 
         def following() -> Iterator[tuple[str, bytes]]:
             with ExitWatch(self.supervisor_socket, cid) as watch:  # ends the follow at once
+                def running() -> bool:
+                    if not watch.broken:  # the notification says it: no request per read
+                        return not watch.exited
+                    try:
+                        return self._info(record, self._status(cid))["state"] == "running"
+                    except FlatstackError:
+                        return False
                 yield from read_log(record["log_path"], tail, True, timestamps,
                                     is_running=running, pause=watch.wait)
         return following()

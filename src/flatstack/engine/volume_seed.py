@@ -46,7 +46,7 @@ def seed_volume(data: str, merged: str, destination: str, shift: int, size: int)
             return 0  # only a new, empty volume is seeded
         copier = _Copier(shift, size)
         count = copier.tree(src, dst)
-        copier.attrs(os.fstat(src), dst, None, None)
+        copier.own(os.fstat(src), dst)
         return count
     except OSError as err:
         raise FlatstackError(f"seeding volume from the image's {destination}: "
@@ -64,19 +64,10 @@ class _Copier:
         inside = host_id - self.shift
         return inside if 0 <= inside < self.size else NOBODY
 
-    def attrs(self, st: os.stat_result, dir_fd: int, name: str | None,
-              fd: int | None) -> None:
-        """Owner, then mode (chown clears setuid bits), of an entry just made."""
-        uid, gid = self._unshift(st.st_uid), self._unshift(st.st_gid)
-        if name is None:  # the directory ``dir_fd`` itself
-            os.fchown(dir_fd, uid, gid)
-            os.fchmod(dir_fd, stat.S_IMODE(st.st_mode))
-            return
-        if fd is not None:
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
-            return
-        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    def own(self, st: os.stat_result, fd: int) -> None:
+        """Owner, then mode (chown clears setuid bits), of the entry open at ``fd``."""
+        os.fchown(fd, self._unshift(st.st_uid), self._unshift(st.st_gid))
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
 
     def tree(self, src: int, dst: int) -> int:
         count = 0
@@ -91,7 +82,7 @@ class _Copier:
                                     | os.O_CLOEXEC, dir_fd=dst)
                 try:
                     count += self.tree(child_src, child_dst)
-                    self.attrs(st, child_dst, None, None)
+                    self.own(st, child_dst)
                 finally:
                     os.close(child_src)
                     os.close(child_dst)
@@ -99,13 +90,14 @@ class _Copier:
                 self._file(src, dst, name, st)
             elif stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
-                self.attrs(st, dst, name, None)
+                os.chown(name, self._unshift(st.st_uid), self._unshift(st.st_gid),
+                         dir_fd=dst, follow_symlinks=False)
             elif stat.S_ISFIFO(st.st_mode):
                 os.mkfifo(name, 0o600, dir_fd=dst)
                 fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
                              | os.O_CLOEXEC, dir_fd=dst)
                 try:
-                    self.attrs(st, dst, name, fd)
+                    self.own(st, fd)
                 finally:
                     os.close(fd)
             else:
@@ -125,7 +117,7 @@ class _Copier:
                     if done == 0:
                         break
                     left -= done
-                self.attrs(st, dst, name, ofd)
+                self.own(st, ofd)
                 os.utime(ofd, ns=(st.st_atime_ns, st.st_mtime_ns))
             finally:
                 os.close(ofd)

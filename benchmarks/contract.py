@@ -142,25 +142,41 @@ def _port(doc: dict[str, Any]) -> int:
     return int(doc["spec"]["ports"][0]["hostPort"])
 
 
-def crash(plane: Plane, trials: int) -> dict[str, Any]:
-    docs = [app_doc(f"crash-{n}", 2) for n in range(trials)]
+def _replacements(plane: Plane, docs: list[dict[str, Any]], signal: str,
+                  after: Callable[[str], None] = lambda _name: None,
+                  spread: bool = False) -> list[float]:
+    """For each app of ``docs`` (2 instances): send ``signal`` to one instance and time
+    until a new one is ready in its place; ``after(app)`` checks each trial."""
     plane.apply(*docs)
-    times = []
+    times: list[float] = []
     try:
         for doc in docs:
             name = doc["metadata"]["name"]
             plane.wait(lambda n=name: len(plane.ready(n)) == 2, 60, f"{name} ready")
+            if spread:
+                time.sleep(0.37 * (len(times) + 1) % 1)  # spread the probe phase
             before = plane.ready(name)
             victim = before[0]["id"]
-            plane.kill(victim, "KILL")
+            plane.kill(victim, signal)
             began = time.monotonic()
             done = plane.wait(plane.replaced(name, {i["id"] for i in before}, victim, 2),
                               30, f"{name} replaced")
             times.append(done - began)
-            assert get("127.0.0.1", _port(doc))[0] == 200
+            after(name)
     finally:
         for doc in docs:
             plane.delete(doc["metadata"]["name"])
+    return times
+
+
+def crash(plane: Plane, trials: int) -> dict[str, Any]:
+    docs = [app_doc(f"crash-{n}", 2) for n in range(trials)]
+
+    def serving(name: str) -> None:
+        doc = next(d for d in docs if d["metadata"]["name"] == name)
+        assert get("127.0.0.1", _port(doc))[0] == 200
+
+    times = _replacements(plane, docs, "KILL", serving)
     return {"trials_s": times, "p50_s": statistics.median(times), "max_s": max(times),
             "value_s": statistics.median(times)}
 
@@ -172,25 +188,12 @@ def hang(plane: Plane, trials: int, failures: int) -> dict[str, Any]:
                "failureThreshold": 100}  # liveness only once httpd answers
     docs = [app_doc(f"hang-{n}", 2, livenessProbe=liveness, startupProbe=startup)
             for n in range(trials)]
-    plane.apply(*docs)
-    times = []
-    try:
-        for doc in docs:
-            name = doc["metadata"]["name"]
-            plane.wait(lambda n=name: len(plane.ready(n)) == 2, 60, f"{name} ready")
-            time.sleep(0.37 * (len(times) + 1) % 1)  # spread the probe phase
-            before = plane.ready(name)
-            victim = before[0]["id"]
-            plane.kill(victim, "STOP")
-            began = time.monotonic()
-            done = plane.wait(plane.replaced(name, {i["id"] for i in before}, victim, 2),
-                              30, f"{name} replaced")
-            times.append(done - began)
-            reasons = [e["reason"] for e in plane.events(name)]
-            assert "LivenessFailed" in reasons, reasons
-    finally:
-        for doc in docs:
-            plane.delete(doc["metadata"]["name"])
+
+    def by_liveness(name: str) -> None:
+        reasons = [e["reason"] for e in plane.events(name)]
+        assert "LivenessFailed" in reasons, reasons
+
+    times = _replacements(plane, docs, "STOP", by_liveness, spread=True)
     return {"trials_s": times, "p50_s": statistics.median(times), "max_s": max(times),
             "value_s": max(times), "liveness": liveness}
 

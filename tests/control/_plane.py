@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from flatstack.control.controller import Controller
+from flatstack.control.reconciler import wait_until
 from flatstack.control.validate import parse_app
 from flatstack.testing import HTTPD_APP, http_get
 from tests.engine._engine_support import IMAGE, Node
@@ -84,12 +84,8 @@ get = http_get
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
+    """``reconciler.wait_until`` with the tests' default timeout."""
+    return wait_until(predicate, timeout, step)
 
 
 @pytest.fixture(name="plane")

@@ -82,19 +82,19 @@ def status(c: dict[str, Any]) -> str:
     return str(state or "unknown").capitalize()
 
 
+def _scaled(n: float, base: int, units: tuple[str, ...], digits: int) -> str:
+    for unit in units:
+        if abs(n) < base or unit == units[-1]:
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.{digits}g}{unit}"
+        n /= base
+    return f"{n}"
+
+
 def size(n: float) -> str:
     """Decimal units as docker stats prints them (B, kB, MB, GB)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n}"
+    return _scaled(n, 1000, ("B", "kB", "MB", "GB", "TB"), 3)
 
 
 def binary_size(n: float) -> str:
     """Binary units (KiB, MiB, GiB) for memory."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.4g}{unit}"
-        n /= 1024
-    return f"{n}"
+    return _scaled(n, 1024, ("B", "KiB", "MiB", "GiB", "TiB"), 4)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e._daemon import APP_IMAGE, FLATSTACK, IMAGE, Daemon
-from tests.engine._image_support import build_umoci_layout, free_port, store_files, wait_port
+from tests.engine._image_support import build_umoci_layout, local_registry, store_files
 
 
 def test_import_ls_inspect_rm_prune(daemon: Daemon, layouts: dict[str, Path]) -> None:
@@ -69,22 +68,9 @@ def registry_storage(registry: str) -> Path:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's docker-registry on 127.0.0.1 with a temporary storage directory."""
-    binary = shutil.which("docker-registry")
-    assert binary, "docker-registry is not installed: run make install"
-    tmp = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = tmp / "config.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-                      f"    rootdirectory: {tmp / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
-    with open(tmp / "registry.log", "w") as log:
-        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
-    try:
-        wait_port("127.0.0.1", port)
-        _STORAGE[f"127.0.0.1:{port}"] = tmp / "data"
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with local_registry(tmp_path_factory.mktemp("registry")) as (address, storage):
+        _STORAGE[address] = storage
+        yield address
 
 
 @pytest.fixture(scope="module")

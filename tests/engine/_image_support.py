@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from flatstack.testing import free_port  # noqa: F401 - the tests import it from here
+from flatstack.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FLATSTACK = REPO / ".venv" / "bin" / "flatstack"
@@ -148,3 +150,24 @@ def podman_save(tmp: Path, layout: Path, name: str) -> tuple[Path, Path]:
     run("save", "--format", "oci-archive", "-o", str(oci), name)
     run("save", "--format", "docker-archive", "-o", str(docker), name)
     return oci, docker
+
+
+@contextlib.contextmanager
+def local_registry(tmp: Path) -> Iterator[tuple[str, Path]]:
+    """Debian's docker-registry on 127.0.0.1 (deletes enabled) storing under ``tmp``:
+    yields ("127.0.0.1:PORT", its storage directory) and stops it afterwards."""
+    binary = shutil.which("docker-registry")
+    assert binary, "docker-registry is not installed: run make install"
+    port = free_port()
+    config = tmp / "config.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                      f"    rootdirectory: {tmp / 'data'}\n  delete:\n    enabled: true\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    with open(tmp / "registry.log", "w") as log:
+        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    try:
+        wait_port("127.0.0.1", port)
+        yield f"127.0.0.1:{port}", tmp / "data"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -21,12 +21,11 @@ from tests.engine._image_support import (
     FLATSTACK,
     build_umoci_layout,
     flatstack,
-    free_port,
     layer_tar,
+    local_registry,
     member,
     oci_layout,
     store_files,
-    wait_port,
 )
 
 # -- Debian's docker-registry on 127.0.0.1 --------------------------------------------------
@@ -34,22 +33,8 @@ from tests.engine._image_support import (
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("docker-registry")
-    assert binary, "docker-registry is not installed: run make install"
-    tmp = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = tmp / "config.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-                      f"    rootdirectory: {tmp / 'data'}\n  delete:\n    enabled: true\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")
-    with open(tmp / "registry.log", "w") as log:
-        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
-    try:
-        wait_port("127.0.0.1", port)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with local_registry(tmp_path_factory.mktemp("registry")) as (address, _storage):
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -354,7 +354,7 @@ class Demo:
         from flatstack.control.endpoint import Endpoints, tag_of
         from flatstack.engine.client import SupervisorClient
         from flatstack.errors import FlatstackError
-        from flatstack.network import netns
+        from flatstack.network import netns, rules
 
         if self._answers():
             self._delete_apps()
@@ -373,14 +373,15 @@ class Demo:
         except (FlatstackError, OSError, KeyError, TypeError, ValueError):
             pass
         endpoints = Endpoints(tag_of(self.state))
-        rules = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True,
-                               text=True, check=False).stdout
-        if endpoints.dispatch in rules or endpoints.masq in rules:
+        nat = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True,
+                             text=True, check=False).stdout
+        if endpoints.dispatch in nat or endpoints.masq in nat:
             endpoints.teardown()  # the daemon leaves them serving when it stops
             self.say(f"    endpoint rules {endpoints.dispatch} removed")
-        if subprocess.run(["ip", "link", "del", self.bridge], capture_output=True,
-                          check=False).returncode == 0:
-            self.say(f"    bridge {self.bridge} removed")
+        had_bridge = os.path.exists(f"/sys/class/net/{self.bridge}")
+        rules.remove_bridge(self.bridge)
+        if had_bridge:
+            self.say(f"    bridge {self.bridge} and its rules removed")
         try:
             netns.release_dir(self.run_dir)
         except (FlatstackError, OSError) as err:

@@ -125,7 +125,7 @@ class PrivateDaemon:
         """Containers, daemon, supervisor and bridge go; errors are reported, not raised."""
         from flatstack.engine.client import SupervisorClient
         from flatstack.errors import FlatstackError
-        from flatstack.network import netns
+        from flatstack.network import netns, rules
 
         try:
             if self.proc is None:
@@ -142,5 +142,5 @@ class PrivateDaemon:
             SupervisorClient(str(self.run_dir / "supervisor.sock"), timeout=5).call("shutdown")
         except FlatstackError:
             pass
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+        rules.remove_bridge(self.bridge)
         netns.release_dir(str(self.run_dir))

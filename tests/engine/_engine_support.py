@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import subprocess
 import tarfile
 import time
 import uuid
@@ -19,6 +18,7 @@ from flatstack.engine.containers import Engine
 from flatstack.errors import FlatstackError
 from flatstack.image.archive import import_image
 from flatstack.image.store import Store
+from flatstack.network import rules
 from flatstack.network.attach import Networks
 from flatstack.network.config import NetworkStore
 from tests.engine._image_support import oci_layout
@@ -142,7 +142,7 @@ class Node:
             engine._client.call("shutdown")
         except FlatstackError:
             pass
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+        rules.remove_bridge(self.bridge)
         from flatstack.network import netns
 
         netns.release_dir(str(self.run_dir))

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flatstack.network import rules
 from flatstack.network.attach import Networks
 from flatstack.network.config import NetworkStore
 
@@ -44,7 +45,7 @@ def drop_env(env: NetEnv) -> None:
     for cid in env.networks.attached():
         env.networks.detach(cid)
     for net in env.networks.store.list():
-        subprocess.run(["ip", "link", "del", net.bridge], capture_output=True, check=False)
+        rules.remove_bridge(net.bridge)
 
 
 def iptables_rules() -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flatstack.control.reconciler import wait_until
 from flatstack.errors import ConfigError
 from flatstack.network import netns
 from flatstack.network.attach import NetworkError, Networks
@@ -93,8 +94,9 @@ def test_bridge_attach_reachable_published_port_and_clean_detach(env: NetEnv, ww
 
     assert not os.path.exists(info.netns_path)
     assert ipam_allocations(env) == []
-    assert _veth_peer_names(env) == set()
-    assert links() == links_before
+    # The netns went first: the kernel destroys its veth pair in the background.
+    assert wait_until(lambda: _veth_peer_names(env) == set() and links() == links_before,
+                      timeout=10)
     assert iptables_rules() == rules_before
     assert not any(cid in r or f"{info.ip}/32" in r for r in iptables_rules())
     assert nets.attached() == []
@@ -138,8 +140,8 @@ def test_failing_plugin_in_chain_leaves_nothing_behind(env: NetEnv,
     rules_before = iptables_rules()
     original = store.get("broken").conflist
 
-    def with_bogus(ipam_dir: str) -> dict:
-        conf = original(ipam_dir)
+    def with_bogus(ipam_dir: str, **kwargs: bool) -> dict:
+        conf = original(ipam_dir, **kwargs)
         conf["plugins"].insert(1, {"type": "tuning", "sysctl": {"net.bogus.nope": "1"}})
         return conf
 
@@ -155,7 +157,8 @@ def test_failing_plugin_in_chain_leaves_nothing_behind(env: NetEnv,
     # The bridge plugin had already run: its veth, IP and masquerade rules are gone again.
     assert not os.path.exists(netns.path_of(cid, env.networks.run_dir))
     assert ipam_allocations(env, "broken") == []
-    assert _veth_peer_names(NetEnv(env.networks, f"{env.bridge}b", "", env.ipam_dir)) == set()
+    assert wait_until(lambda: _veth_peer_names(
+        NetEnv(env.networks, f"{env.bridge}b", "", env.ipam_dir)) == set(), timeout=10)
     assert [r for r in iptables_rules() if r not in rules_before and "CNI-" in r
             and "HOSTPORT" not in r and "FORWARD" not in r and "ADMIN" not in r] == []
     assert env.networks.attached() == [] and os.listdir(env.networks.cni.cache_dir) == []

@@ -18,19 +18,23 @@ from flatstack.network.attach import (
 from flatstack.network.config import NetworkStore
 
 
-def test_default_network_is_bridge_host_local_portmap(tmp_path: Path) -> None:
+def test_default_network_is_bridge_host_local_and_portmap_for_ports(tmp_path: Path) -> None:
     store = NetworkStore(str(tmp_path))
     net = store.get("flatstack")
     assert (net.subnet, net.bridge, net.gateway) == ("10.89.0.0/24", "flatstack0", "10.89.0.1")
     conf = net.conflist(store.ipam_dir)
     assert conf["cniVersion"] == "1.0.0" and conf["name"] == "flatstack"
-    bridge, portmap, firewall = conf["plugins"]
-    assert bridge["type"] == "bridge" and bridge["isGateway"] and bridge["ipMasq"]
+    # Without published ports: the bridge plugin alone; masquerade and forward acceptance
+    # are the network's own rules (network.rules), not per-container plugin chains.
+    (bridge,) = conf["plugins"]
+    assert bridge["type"] == "bridge" and bridge["isGateway"] and bridge["ipMasq"] is False
     assert bridge["ipam"]["type"] == "host-local"
     assert bridge["ipam"]["dataDir"] == str(tmp_path / "ipam")
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"}]]
-    assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
-    assert firewall["type"] == "firewall"
+    # With ports, portmap follows the bridge.
+    assert net.conflist(store.ipam_dir, ports=True)["plugins"] == [bridge, {
+        "type": "portmap", "capabilities": {"portMappings": True}, "snat": True}]
+    assert net.ip_masq and net.firewall
     # Persisted: a second store (a restarted daemon) reads the same definition.
     assert json.loads((tmp_path / "conf" / "flatstack.json").read_text())["bridge"] == "flatstack0"
     assert NetworkStore(str(tmp_path)).get("flatstack") == net

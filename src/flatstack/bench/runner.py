@@ -26,6 +26,7 @@ from flatstack.bench import rootfs as R
 from flatstack.bench import workloads as W
 from flatstack.bench.podman import Podman
 from flatstack.bench.vm import VM
+from flatstack.network import rules
 
 ALL_PLATFORMS = ("bare", "flatrun", "runc", "crun", "podman", "gvisor", "vm")
 REPO = Path(__file__).resolve().parents[3]
@@ -329,8 +330,7 @@ class Bench:
             for cid in env.networks.attached():
                 with contextlib.suppress(Exception):
                     env.networks.detach(cid)
-            subprocess.run(["ip", "link", "del", P.BENCH_BRIDGE], capture_output=True,
-                           check=False)
+            rules.remove_bridge(P.BENCH_BRIDGE)
         _umount_below(self.work)
         shutil.rmtree(self.work, ignore_errors=True)
         lock = getattr(self, "lock", None)

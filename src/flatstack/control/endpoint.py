@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import subprocess
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from flatstack.errors import FlatstackError
+from flatstack.network import iptables
+from flatstack.network.iptables import run as _run
 
 MARK = "0x4000/0x4000"
+WHAT = "endpoint"
 
 
 @dataclass(frozen=True, order=True)
@@ -52,10 +54,6 @@ class Port:
 def tag_of(state_dir: str) -> str:
     """A short stable tag for the chains of one state directory."""
     return hashlib.sha1(state_dir.encode()).hexdigest()[:8]
-
-
-def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), input=stdin, capture_output=True, text=True, check=False)
 
 
 class Endpoints:
@@ -105,7 +103,7 @@ class Endpoints:
             for port, backends in sorted(changed.items()):
                 lines.extend(self._chain_lines(port, backends))
             lines.append("COMMIT")
-            self._restore(lines)
+            iptables.restore(lines, WHAT)
             for port in gone:
                 _run("iptables", "-w", "-t", "nat", "-X", self.chain(port))
             self._applied = want
@@ -123,15 +121,10 @@ class Endpoints:
 
     def _teardown(self) -> None:
         for hook in self._hooks():
-            while _run("iptables", "-w", "-t", "nat", "-D", *hook).returncode == 0:
-                pass
+            iptables.delete_jump("nat", hook)
         listing = _run("iptables", "-w", "-t", "nat", "-S").stdout.splitlines()
-        chains = [line.split()[1] for line in listing if line.startswith("-N ")
-                  and (f"-{self.tag}" in line)]
-        for name in chains:
-            _run("iptables", "-w", "-t", "nat", "-F", name)
-        for name in chains:
-            _run("iptables", "-w", "-t", "nat", "-X", name)
+        iptables.drop_chains("nat", [line.split()[1] for line in listing
+                                     if line.startswith("-N ") and (f"-{self.tag}" in line)])
         self._applied = {}
         self._hooked = False
 
@@ -161,14 +154,11 @@ class Endpoints:
         # the dispatcher is created empty only when missing: re-declaring it here would
         # flush it, and a restarted daemon's endpoints would refuse connections meanwhile
         _run("iptables", "-w", "-t", "nat", "-N", self.dispatch)
-        self._restore(["*nat", f":{self.masq} - [0:0]",
-                       f"-A {self.masq} -m mark --mark {MARK} -j MASQUERADE", "COMMIT"])
+        iptables.restore(["*nat", f":{self.masq} - [0:0]",
+                          f"-A {self.masq} -m mark --mark {MARK} -j MASQUERADE", "COMMIT"],
+                         WHAT)
         for hook in self._hooks():
-            if _run("iptables", "-w", "-t", "nat", "-C", *hook).returncode != 0:
-                done = _run("iptables", "-w", "-t", "nat", "-I", *hook)
-                if done.returncode != 0:
-                    raise FlatstackError(f"endpoint: iptables -I {' '.join(hook)}: "
-                                         f"{done.stderr.strip()}")
+            iptables.ensure_jump("nat", hook, WHAT)
         self._hooked = True
 
     def _route_localnet(self, ip: str) -> None:
@@ -189,9 +179,3 @@ class Endpoints:
         if "inet" in words:  # the bridge's own subnet: hairpin connections
             self._subnets.add(str(ipaddress.ip_interface(words[words.index("inet") + 1])
                                   .network))
-
-    @staticmethod
-    def _restore(lines: list[str]) -> None:
-        done = _run("iptables-restore", "-w", "--noflush", stdin="\n".join(lines) + "\n")
-        if done.returncode != 0:
-            raise FlatstackError(f"endpoint: iptables-restore: {done.stderr.strip()}")

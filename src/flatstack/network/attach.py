@@ -17,11 +17,12 @@ from typing import Any
 
 from flatstack._atomic import write_json
 from flatstack.errors import ConfigError, FlatstackError
-from flatstack.network import netns
+from flatstack.network import netns, rules
 from flatstack.network.cni import CNI, DEFAULT_CNI_PATH
 from flatstack.network.config import (
     DEFAULT_NETWORK,
     DEFAULT_STATE_DIR,
+    Network,
     NetworkStore,
 )
 
@@ -125,6 +126,7 @@ class Networks:
         self.run_dir = run_dir
         self.cni = CNI(os.path.join(self.state_dir, "cache"), cni_path)
         self.records = os.path.join(self.state_dir, "attachments")
+        self._ruled: set[tuple[str, str, str, bool, bool]] = set()
 
     def _record_path(self, container_id: str) -> str:
         return os.path.join(self.records, f"{container_id}.json")
@@ -157,7 +159,11 @@ class Networks:
         if mode == "host":
             return NetworkInfo(container_id, "host")
         name = DEFAULT_NETWORK if mode in ("bridge", "default") else mode
-        conflist = None if mode == "none" else self.store.get(name).conflist(self.store.ipam_dir)
+        conflist = None
+        if mode != "none":
+            net = self.store.get(name)
+            self._ensure_rules(net)
+            conflist = net.conflist(self.store.ipam_dir, ports=bool(port_list))
         if self.info(container_id) is not None:
             raise NetworkError(f"container {container_id} is already attached")
         self._check_ports_free(port_list)
@@ -179,6 +185,21 @@ class Networks:
                 pass  # report the attach error
             raise
         return info
+
+    def _ensure_rules(self, net: Network) -> None:
+        """Install the network's host rules once per process (and again if it changed)."""
+        key = (net.name, net.bridge, net.subnet, net.ip_masq, net.firewall)
+        if key not in self._ruled:
+            rules.install(net.name, net.bridge, net.subnet, masquerade=net.ip_masq,
+                          forward=net.firewall)
+            self._ruled.add(key)
+
+    def remove_network(self, name: str) -> None:
+        """Forget a defined network and remove its host rules and bridge."""
+        net = self.store.get(name)
+        self.store.remove(name)
+        self._ruled = {k for k in self._ruled if k[0] != name}
+        rules.remove_bridge(net.bridge)
 
     def _check_ports_free(self, ports: list[PortMapping]) -> None:
         """Reject host ports another container publishes or a host process listens on.
@@ -202,23 +223,30 @@ class Networks:
                                   "already in use on the host")
 
     def detach(self, container_id: str) -> None:
-        """CNI DEL and netns removal; idempotent; every step runs even if one fails."""
+        """Netns removal and CNI DEL; idempotent; every step runs even if one fails.
+
+        The namespace goes first: the kernel then destroys the container's veth with it,
+        in the background, and the plugins only release what lives outside it (IPAM,
+        portmap's rules), which is most of what a synchronous DEL would spend.
+        """
         info = self.info(container_id)
         errors: list[BaseException] = []
-        if info is not None and info.network:
-            try:
-                self.cni.delete(info.network, container_id, IFNAME, info.netns_path)
-            except FlatstackError as exc:
-                errors.append(exc)
-            # The bridge plugin learns the IP to un-masquerade from the interface: with the
-            # netns gone or the address flushed it skips that teardown.  Remove the nat rules
-            # it tagged with this container (one iptables-save, ~5 ms, when there are none).
-            sweep_nat_rules(info.network, container_id)
         if info is None or info.netns_path:
             try:
                 netns.delete(container_id, self.run_dir)
             except FlatstackError as exc:
                 errors.append(exc)
+        if info is not None and info.network:
+            cached = self.cni.cached(info.network, container_id, IFNAME)
+            try:
+                self.cni.delete(info.network, container_id, IFNAME, info.netns_path)
+            except FlatstackError as exc:
+                errors.append(exc)
+            if cached is not None and _masquerades_per_container(cached["config"]):
+                # An attachment made before network rules (bridge ipMasq): the plugin learns
+                # the IP to un-masquerade from the interface, gone with the netns, so its
+                # tagged nat rules are swept here.
+                sweep_nat_rules(info.network, container_id)
         if errors:
             raise NetworkError(f"detach {container_id}: "
                                + "; ".join(str(e) for e in errors)) from errors[0]
@@ -249,6 +277,10 @@ def _host_port_busy(port: PortMapping) -> bool:
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False
+
+
+def _masquerades_per_container(conflist: dict[str, Any]) -> bool:
+    return any(p.get("type") == "bridge" and p.get("ipMasq") for p in conflist.get("plugins", []))
 
 
 def sweep_nat_rules(network: str, container_id: str) -> int:

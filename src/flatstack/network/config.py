@@ -1,4 +1,4 @@
-"""Network definitions: one bridge + host-local IPAM + portmap conflist per name.
+"""Network definitions: a bridge + host-local IPAM (+ portmap) conflist per name.
 
 Definitions live as JSON under ``<state dir>/conf/<name>.json``; the IPAM
 allocations of host-local under ``<state dir>/ipam``.  The default network
@@ -31,7 +31,11 @@ RESERVED_NAMES = ("none", "host", "bridge", "default")
 
 @dataclass
 class Network:
-    """A user-visible network: a Linux bridge with a subnet."""
+    """A user-visible network: a Linux bridge with a subnet.
+
+    ``ip_masq`` masquerades outbound traffic from the subnet; ``firewall`` accepts the
+    bridge's traffic in ``FORWARD`` (see network.rules).
+    """
 
     name: str
     subnet: str
@@ -73,14 +77,20 @@ class Network:
                 raise ConfigError(key, "must be true or false")
         return self
 
-    def conflist(self, ipam_dir: str) -> dict[str, Any]:
-        """The CNI network configuration list for this network."""
+    def conflist(self, ipam_dir: str, *, ports: bool = False) -> dict[str, Any]:
+        """The CNI network configuration list for one attachment.
+
+        Masquerade and forward acceptance are the network's own rules (network.rules),
+        not the bridge plugin's ``ipMasq`` or the firewall plugin, which add and remove
+        chains per container; portmap is in the list only when ports are published
+        (without mappings it has nothing to do). The cached list is what DEL runs.
+        """
         plugins: list[dict[str, Any]] = [
             {
                 "type": "bridge",
                 "bridge": self.bridge,
                 "isGateway": True,
-                "ipMasq": self.ip_masq,
+                "ipMasq": False,
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",
@@ -89,10 +99,10 @@ class Network:
                     "routes": [{"dst": "0.0.0.0/0"}],
                 },
             },
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
         ]
-        if self.firewall:
-            plugins.append({"type": "firewall", "backend": "iptables"})
+        if ports:
+            plugins.append({"type": "portmap", "capabilities": {"portMappings": True},
+                            "snat": True})
         return {"cniVersion": CNI_VERSION, "name": self.name, "plugins": plugins}
 
 

@@ -16,6 +16,10 @@ One run, interleaved (every iteration runs each tool once, per network), image p
   through the wrapper that hides the hybrid cgroup2 mount (MACHINE-NOTES).
 
 flatstack's daemon runs on a temporary state dir with a private bridge and subnet.
+Before every sample (any tool's) the benchmark waits, untimed, until flatstack's
+supervisor is idle with its zygote made (engine/zygotes.py): each run starts on a quiet
+node, and the zygote's making never overlaps another tool's measurement.
+``FLATSTACK_ZYGOTE=0`` measures flatstack without zygotes.
 Ratios are medians relative to podman+crun on the same network (target: API >= 5x).
 Output: a table on stdout and a JSON document (``--out``).
 """
@@ -65,6 +69,7 @@ def measure(iterations: int, podman: bool, networks: tuple[str, ...],
                 fn(network)
             for _ in range(iterations):
                 for name, fn in tools.items():
+                    daemon.settle()  # every sample starts on an idle node (see settle)
                     samples.setdefault(name, {}).setdefault(network, []).append(fn(network))
     finally:
         for tool in (daemon, *peers):

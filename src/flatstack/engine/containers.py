@@ -108,6 +108,9 @@ class WaitTimeout(FlatstackError, TimeoutError):
     """The container did not exit within the time asked for."""
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def rfc3339(ts: float | None) -> str:
     """RFC 3339 UTC with nanoseconds, "" for None."""
     if not ts:
@@ -205,6 +208,17 @@ class Engine:
         self._supervisor_ok = False
         self.ensure_supervisor()
         return self._client.call(op, **args)
+
+    def _next_id(self) -> str:
+        """A new container id: the supervisor's next one (its parked zygote's, if any)."""
+        try:
+            cid = self._call("next_id")
+        except FlatstackError:
+            cid = None
+        if isinstance(cid, str) and len(cid) == 64 and all(c in _HEX for c in cid) \
+                and not os.path.exists(self._cdir(cid)):
+            return cid
+        return secrets.token_hex(32)
 
     @contextlib.contextmanager
     def _flock(self, name: str) -> Iterator[None]:
@@ -372,7 +386,7 @@ class Engine:
         cfg = image.config.get("config") or {}
         argv = specs.command(cfg, opts.entrypoint, opts.command)
         env = specs.merge_env(list(cfg.get("Env") or []), list(opts.env))
-        cid = secrets.token_hex(32)
+        cid = self._next_id()
         cdir = self._cdir(cid)
         undo: list[Callable[[], Any]] = []
         try:

@@ -14,6 +14,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from flatstack.runtime.zygote import Zygote
+
 SECCOMP_CACHE = ".seccomp-cache"
 
 # Sysctl prefixes that are namespaced, and the namespace each needs.
@@ -138,8 +140,13 @@ def seccomp_program(config: dict[str, Any], root: str) -> tuple[bytes | None, in
     return bpf, seccomp.filter_flags(profile)
 
 
-def create(opts: CreateOptions, *, subreaper: bool = False) -> Container:
-    """Create a container and leave it waiting on its exec FIFO."""
+def create(opts: CreateOptions, *, subreaper: bool = False,
+           zygote: Zygote | None = None) -> Container:
+    """Create a container and leave it waiting on its exec FIFO.
+
+    ``zygote``: a process parked in this container's cgroup (runtime.zygote); used when
+    it fits, then owned by the container (its cgroup is the container's). The caller
+    discards one that was not used (``zygote.used`` stays false)."""
     from flatstack.oci.config import load_config
 
     config = load_config(opts.bundle)
@@ -156,7 +163,7 @@ def create(opts: CreateOptions, *, subreaper: bool = False) -> Container:
                 cleanup.userns_owner = owner
                 container.data["userns_pool"] = owner
             check_runtime_requirements(config)
-        _create(opts, config, container, cleanup, subreaper)
+        _create(opts, config, container, cleanup, subreaper, zygote)
     except BaseException:
         cleanup.run()
         raise
@@ -199,11 +206,13 @@ class _Cleanup:
 
 
 def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
-            cleanup: _Cleanup, subreaper: bool) -> None:
+            cleanup: _Cleanup, subreaper: bool, zygote: Zygote | None) -> None:
     linux = config.get("linux") or {}
     rootless = os.geteuid() != 0
     bpf, sec_flags = seccomp_program(config, opts.root)
-    cgroup = _make_cgroup(opts, config, container.id, rootless)
+    if zygote is not None and (rootless or opts.preserve_fds):
+        zygote = None
+    cgroup, zygote = _make_cgroup(opts, config, container.id, rootless, zygote)
     cleanup.cgroup = cgroup
     annotations = config.get("annotations") or {}
     container.data.update({
@@ -268,18 +277,21 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
         from flatstack.kernel import proc
 
         proc.set_child_subreaper()
-    preload(plan)
-    first = os.fork()
-    if first == 0:
-        parent_end.close()
-        stage_one(plan)
+    first = zygote.launch(plan) if zygote is not None else None
+    born_in_cgroup = first is not None
+    if first is None:
+        preload(plan)
+        first = os.fork()
+        if first == 0:
+            parent_end.close()
+            stage_one(plan)
     cleanup.pids.append(first)
     child_end.close()
     plan.close_parent_copies()
     try:
         init_pid = _drive_stage_one(parent_end, plan, first, linux)
         cleanup.pids = [init_pid]
-        if cgroup is not None:
+        if cgroup is not None and not born_in_cgroup:
             cgroup.add_pid(init_pid)
         try:
             parent_end.send("cgroup")
@@ -365,18 +377,28 @@ def _drive_stage_one(channel: Channel, plan: LaunchPlan, first: int,
 
 
 def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,
-                 rootless: bool) -> Any:
+                 rootless: bool, zygote: Zygote | None = None) -> tuple[Any, Zygote | None]:
+    """The container's cgroup, made and limited; with a fitting zygote, the zygote's
+    (which the container then owns: ``zygote.used``)."""
     from flatstack.runtime.cgroups import manager_for
 
     linux = config.get("linux") or {}
     manager = manager_for(linux.get("cgroupsPath"), container_id, rootless=rootless,
                           systemd=opts.systemd_cgroup)
     if manager is None:
-        return None
+        return None, None
+    resources = dict(linux.get("resources") or {})
+    if zygote is not None and zygote.fits(container_id, manager.paths, resources):
+        zygote.used = True
+        manager = zygote.cgroup
+    elif zygote is not None:
+        if zygote.container_id == container_id:
+            zygote.discard()  # it sits in this very cgroup: out of the way first
+        zygote = None
     wanted = list(manager.paths)
     try:
-        manager.create()
-        resources = dict(linux.get("resources") or {})
+        if zygote is None:
+            manager.create()
         if not rootless:
             resources["devices"] = default_device_rules(config)
         manager.apply(resources)
@@ -384,8 +406,8 @@ def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,
         manager.destroy()
         raise
     if rootless:
-        return _delegated_only(manager, wanted)
-    return manager
+        return _delegated_only(manager, wanted), None
+    return manager, zygote
 
 
 def _delegated_only(manager: Any, wanted: list[str]) -> Any:

@@ -38,8 +38,10 @@ def start(root: str, container_id: str) -> None:
             from flatstack.runtime.hooks import run_hooks
 
             # The process was started; a short one may already be gone, but the hooks
-            # describe the start (runtime-tools' hooks_stdin expects "running").
-            state = dict(container.oci_state(), status="running")
+            # describe the start (runtime-tools' hooks_stdin expects "running"), and a
+            # running state carries the init's pid (the spec's MUST), not a stopped 0.
+            state = dict(container.oci_state(), status="running",
+                         pid=container.data.get("pid", 0))
             for failure in run_hooks({"hooks": {"poststart": hooks}}, "poststart", state,
                                      strict=False):
                 os.write(2, f"flatrun: warning: {failure}\n".encode())

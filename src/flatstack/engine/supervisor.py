@@ -146,8 +146,10 @@ class Supervisor:
             return None
 
     def _write(self, cid: str, name: str, data: dict[str, Any]) -> None:
+        # Atomic (rename), not fsync'ed: the records describe processes, which a power
+        # loss ends as well; a crashed supervisor or daemon finds them in the page cache.
         path = os.path.join(self._dir(cid), name)
-        write_json(path, data, fsync=True, mode=0o600)
+        write_json(path, data, mode=0o600)
 
     def status(self, cid: str) -> dict[str, Any]:
         record = self._read(cid, RECORD)

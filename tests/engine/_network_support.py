@@ -9,8 +9,11 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from flatstack.network import rules
 from flatstack.network.attach import Networks
@@ -104,3 +107,11 @@ def release(env: NetEnv) -> None:
     assert netns.release_dir(env.networks.run_dir)
     leaked = [r for r in iptables_rules() for cid in env.ids if f'id: \\"{cid}\\"' in r]
     assert leaked == [], "iptables rules left behind"
+
+
+@pytest.fixture(name="env")
+def net_env_fixture(tmp_path: Path) -> Iterator[NetEnv]:
+    """A private network environment, released (and checked for leaks) afterwards."""
+    made = make_env(tmp_path / "net")
+    yield made
+    release(made)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,24 +13,18 @@ from flatstack.errors import ConfigError
 from flatstack.network import netns
 from flatstack.network.attach import NetworkError, Networks
 from flatstack.network.cni import CNIError
-from tests.engine._network_support import (
+from tests.engine._network_support import (  # noqa: F401 - fixtures
     NetEnv,
     http_get,
     ipam_allocations,
     iptables_rules,
     links,
     make_env,
+    net_env_fixture,
     ns_run,
     release,
     serve_in_netns,
 )
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[NetEnv]:
-    made = make_env(tmp_path)
-    yield made
-    release(made)
 
 
 @pytest.fixture

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from flatstack.network.attach import write_hosts, write_resolv_conf
-from tests.engine._network_support import (
+from tests.engine._network_support import (  # noqa: F401 - fixtures
     NetEnv,
     http_get,
     ipam_allocations,
     iptables_rules,
     make_env,
+    net_env_fixture,
     release,
 )
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[NetEnv]:
-    made = make_env(tmp_path / "net")
-    yield made
-    release(made)
 
 
 def test_flatrun_container_in_attached_netns_serves_host(env: NetEnv, flatrun, make_bundle,

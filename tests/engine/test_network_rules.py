@@ -18,7 +18,12 @@ import pytest
 
 from flatstack.network import netns, rules
 from flatstack.network.attach import Networks
-from tests.engine._network_support import NetEnv, iptables_rules, make_env, ns_run, release
+from tests.engine._network_support import (  # noqa: F401 - fixtures
+    NetEnv,
+    iptables_rules,
+    net_env_fixture,
+    ns_run,
+)
 
 UPSTREAM_NET = "172.31.251"
 PEER_SERVER = """
@@ -36,13 +41,6 @@ import socket, sys
 with socket.create_connection((sys.argv[1], 8099), timeout=2) as s:
     print(s.recv(64).decode())
 """
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[NetEnv]:
-    made = make_env(tmp_path)
-    yield made
-    release(made)
 
 
 @pytest.fixture

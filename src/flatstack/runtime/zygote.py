@@ -125,8 +125,13 @@ class Zygote:
 
 def _zygote_main(sock: socket.socket) -> None:
     """In the zygote: shed the parent's state, wait for a plan, run stage one."""
+    import gc
+
     from flatstack.kernel import proc
 
+    # The parent's unreachable objects must never be finalized here: a socket or file
+    # among them would close an fd number that the plan's descriptors take below.
+    gc.disable()
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)

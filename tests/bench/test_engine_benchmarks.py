@@ -47,6 +47,8 @@ def test_run_latency_structure(tmp_path: Path) -> None:
         assert row["speedup_vs_podman_crun"] > 0
         assert len(doc["samples_ms"][tool]["none"]) == 2
     assert doc["results"]["podman+crun"]["none"]["speedup_vs_podman_crun"] == 1.0
+    # every sample began on an idle node, with the supervisor's zygote made
+    assert doc["settled"] is True and doc["samples_after_a_ready_zygote"] == 2 * len(tools)
     for tool in tools:
         assert any(line.startswith(tool) for line in proc.stdout.splitlines()), tool
     assert _host_traces() == {"bridges": [], "mounts": []}

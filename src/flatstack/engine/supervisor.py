@@ -600,8 +600,6 @@ class Supervisor:
     # -- requests -------------------------------------------------------------------
     def handle(self, request: dict[str, Any]) -> Any:
         op = request.get("op")
-        if op not in _QUERIES:
-            self.last_busy = time.monotonic()
         if op == "ping":
             return {"pid": os.getpid(), "zygote": self.zygotes.ready()}
         if op == "next_id":
@@ -653,9 +651,10 @@ class Supervisor:
             conn.close()
             return
         self._conn = conn
-        started = time.monotonic()
+        request: Any = None
         try:
-            reply = {"ok": True, "result": self.handle(json.loads(data))}
+            request = json.loads(data)
+            reply = {"ok": True, "result": self.handle(request)}
         except FlatstackError as err:
             reply = {"ok": False, "error": str(err)}
         except (ValueError, KeyError, TypeError) as err:
@@ -667,8 +666,8 @@ class Supervisor:
             self._conn = None
         if reply.get("result") is not DEFERRED:
             _reply(conn, reply)
-        if self.last_busy >= started:  # busy from its start to its end
-            self.last_busy = time.monotonic()
+        if not isinstance(request, dict) or request.get("op") not in _QUERIES:
+            self.last_busy = time.monotonic()  # idle is counted from the end of real work
 
     def serve(self) -> None:
         """Run until a shutdown request (containers keep running after it)."""

@@ -58,12 +58,14 @@ class ZygoteKeeper:
         _unlink(self.marker)
 
     def due(self, last_busy: float) -> float | None:
-        """Seconds until :meth:`idle` should run (the loop's select timeout), or None."""
+        """Seconds until :meth:`idle` should run (the loop's select timeout), or None:
+        IDLE after ``last_busy``, and not before a handed-out id's reservation expires."""
         if self.disabled or (self.zygote is not None and self.handed_out_at is None):
             return None
-        if self.zygote is not None and not self._reservation_expired():
-            return max(0.0, self.handed_out_at + RESERVATION_TTL - time.monotonic())  # type: ignore[operator]
-        return max(0.0, last_busy + IDLE - time.monotonic())
+        at = last_busy + IDLE
+        if self.handed_out_at is not None:
+            at = max(at, self.handed_out_at + RESERVATION_TTL)
+        return max(0.0, at - time.monotonic())
 
     def idle(self) -> None:
         """Nothing happened for IDLE seconds: replace a stale zygote, make a new one."""

@@ -237,12 +237,12 @@ class Networks:
             except FlatstackError as exc:
                 errors.append(exc)
         if info is not None and info.network:
-            cached = self.cni.cached(info.network, container_id, IFNAME)
             try:
-                self.cni.delete(info.network, container_id, IFNAME, info.netns_path)
+                ran = self.cni.delete(info.network, container_id, IFNAME, info.netns_path)
             except FlatstackError as exc:
                 errors.append(exc)
-            if cached is not None and _masquerades_per_container(cached["config"]):
+                ran = None
+            if ran is not None and _masquerades_per_container(ran):
                 # An attachment made before network rules (bridge ipMasq): the plugin learns
                 # the IP to un-masquerade from the interface, gone with the netns, so its
                 # tagged nat rules are swept here.

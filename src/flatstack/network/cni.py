@@ -158,15 +158,16 @@ class CNI:
         return prev or {}
 
     def delete(self, network: str, container_id: str, ifname: str = "eth0", netns: str = "",
-               conflist: dict[str, Any] | None = None) -> None:
-        """DEL every plugin in reverse order with the cached result; idempotent.
+               conflist: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """DEL every plugin in reverse order with the cached result; idempotent. Returns
+        the configuration list it ran (None when there was nothing to delete).
 
         Every plugin is run even when one fails; the first failure is raised
         afterwards, and the cache entry is kept then so that DEL can be retried.
         """
         entry = self.cached(network, container_id, ifname)
         if entry is None and conflist is None:
-            return  # never attached (or already deleted)
+            return None  # never attached (or already deleted)
         if entry is not None:
             conflist = entry["config"]
             netns = netns or entry.get("netns", "")
@@ -190,6 +191,7 @@ class CNI:
             os.unlink(self._cache_path(network, container_id, ifname))
         except FileNotFoundError:
             pass
+        return conflist
 
     def check(self, network: str, container_id: str, ifname: str = "eth0") -> None:
         """CHECK every plugin against the cached result; raises CNIError on a mismatch."""

@@ -210,8 +210,6 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
     linux = config.get("linux") or {}
     rootless = os.geteuid() != 0
     bpf, sec_flags = seccomp_program(config, opts.root)
-    if zygote is not None and (rootless or opts.preserve_fds):
-        zygote = None
     cgroup, zygote = _make_cgroup(opts, config, container.id, rootless, zygote)
     cleanup.cgroup = cgroup
     annotations = config.get("annotations") or {}
@@ -388,13 +386,15 @@ def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,
     if manager is None:
         return None, None
     resources = dict(linux.get("resources") or {})
-    if zygote is not None and zygote.fits(container_id, manager.paths, resources):
-        zygote.used = True
-        manager = zygote.cgroup
-    elif zygote is not None:
-        if zygote.container_id == container_id:
-            zygote.discard()  # it sits in this very cgroup: out of the way first
-        zygote = None
+    if zygote is not None:
+        if not rootless and not opts.preserve_fds and \
+                zygote.fits(container_id, manager.paths, resources):
+            zygote.used = True
+            manager = zygote.cgroup
+        else:
+            if zygote.container_id == container_id:
+                zygote.discard()  # it sits in this very cgroup: out of the way first
+            zygote = None
     wanted = list(manager.paths)
     try:
         if zygote is None:

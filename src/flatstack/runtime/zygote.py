@@ -23,6 +23,8 @@ from flatstack.errors import FlatstackError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from flatstack.runtime.cgroups import CgroupManager
     from flatstack.runtime.init import LaunchPlan
 
@@ -63,10 +65,10 @@ class Zygote:
         return zygote
 
     def fits(self, container_id: str, cgroup_paths: dict[str, str],
-             resources: dict[str, object]) -> bool:
+             resources: dict[str, Any]) -> bool:
         """Whether this zygote can start that container: same id and cgroup, and room
         for the zygote beside the init under a pids limit."""
-        limit = (resources.get("pids") or {}).get("limit")  # type: ignore[union-attr]
+        limit = (resources.get("pids") or {}).get("limit")
         return (container_id == self.container_id and self.cgroup is not None
                 and cgroup_paths == self.cgroup.paths
                 and not (isinstance(limit, int) and 0 < limit < 2))

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || echo /root/.pyenv/versions/3.11.7/bin/python3.11)
 VENV := .venv
 APT_PACKAGES := busybox-static runc crun podman containerd uidmap umoci skopeo docker-registry \
-	libseccomp2 libseccomp-dev iproute2 iptables procps util-linux jq gcc libc6-dev \
+	libseccomp2 libseccomp-dev strace iproute2 iptables procps util-linux jq gcc libc6-dev \
 	sysbench fio iperf3 sockperf qemu-system-x86 runsc linux-image-amd64 cpio prometheus
 STAMP := $(VENV)/.installed
 

@@ -67,14 +67,22 @@ class Runtime:
                 raise RuntimeError(f"{self.name} {' '.join(args)} failed: "
                                    f"{err.read().decode(errors='replace').strip()}")
 
-    def lifecycle(self, cid: str, pid_file: str) -> float:
+    def lifecycle(self, cid: str, pid_file: str) -> tuple[float, dict[str, float]]:
+        """The whole lifecycle's duration, and each verb's."""
+        verbs: dict[str, float] = {}
         started = time.perf_counter()
         self.cmd("create", "--bundle", self.bundle, "--pid-file", pid_file, cid)
+        verbs["create"] = time.perf_counter() - started
         pid = int(Path(pid_file).read_text())
+        mark = time.perf_counter()
         self.cmd("start", cid)
+        verbs["start"] = time.perf_counter() - mark
         _wait_child(pid)
+        mark = time.perf_counter()
         self.cmd("delete", cid)
-        return time.perf_counter() - started
+        ended = time.perf_counter()
+        verbs["delete"] = ended - mark
+        return ended - started, verbs
 
     def run(self, cid: str) -> float:
         started = time.perf_counter()
@@ -154,13 +162,16 @@ def main() -> int:
             available[name] = Runtime(name, argv, bundle, str(work / f"state-{name}"),
                                       preexec)
         samples: dict[str, dict[str, list[float]]] = {
-            n: {"lifecycle": [], "run": []} for n in available}
+            n: {"lifecycle": [], "run": [], "create": [], "start": [], "delete": []}
+            for n in available}
         for name, rt in available.items():  # warm-up: caches, seccomp BPF, page cache
             rt.lifecycle(f"warm-{name}", str(work / "warm.pid"))
         for i in range(args.iterations):
             for name, rt in available.items():
-                samples[name]["lifecycle"].append(
-                    rt.lifecycle(f"lc-{name}-{i}", str(work / f"{name}.pid")))
+                total, verbs = rt.lifecycle(f"lc-{name}-{i}", str(work / f"{name}.pid"))
+                samples[name]["lifecycle"].append(total)
+                for verb, took in verbs.items():
+                    samples[name][verb].append(took)
             for name, rt in available.items():
                 samples[name]["run"].append(rt.run(f"run-{name}-{i}"))
         results = {n: {k: summarize(v) for k, v in s.items()} for n, s in samples.items()}
@@ -189,6 +200,10 @@ def _print_table(results: dict[str, dict[str, dict[str, float]]]) -> None:
         ratios = [f"{lc['median_ms'] / ref[k]:.2f}x" if ref[k] else "-" for k in ("runc", "crun")]
         print(f"{name:<18}{lc['median_ms']:>12.1f}ms{lc['p90_ms']:>7.1f}ms"
               f"{rn['median_ms']:>8.1f}ms{rn['p90_ms']:>7.1f}ms{ratios[0]:>9}{ratios[1]:>9}")
+    print(f"\n{'per verb (median)':<18}{'create':>10}{'start':>10}{'delete':>10}")
+    for name, r in results.items():
+        print(f"{name:<18}" + "".join(f"{r[verb]['median_ms']:>8.1f}ms"
+                                      for verb in ("create", "start", "delete")))
 
 
 if __name__ == "__main__":

@@ -279,7 +279,7 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
     born_in_cgroup = first is not None
     if first is None:
         preload(plan)
-        first = os.fork()
+        first, born_in_cgroup = _fork_stage_one(plan, cgroup, linux, rootless)
         if first == 0:
             parent_end.close()
             stage_one(plan)
@@ -372,6 +372,34 @@ def _drive_stage_one(channel: Channel, plan: LaunchPlan, first: int,
         except ChildProcessError:
             pass
     return int(init_pid)
+
+
+def _fork_stage_one(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
+                    rootless: bool) -> tuple[int, bool]:
+    """Fork stage one, where possible already in the container's cgroup: born in the
+    cgroup2 one (clone3) and joining the v1 ones itself, so nobody writes a
+    ``cgroup.procs`` file and waits for an RCU grace period.  Returns the pid (0 in
+    the child) and whether the child is placed."""
+    from flatstack.runtime.cgroups.base import room_for_a_helper
+
+    if cgroup is None or rootless or not room_for_a_helper(linux.get("resources") or {}):
+        return os.fork(), False
+    from flatstack.kernel.clone import fork_into_cgroup, single_threaded
+
+    if not single_threaded():
+        return os.fork(), False
+    v2_dir, v1_dirs = cgroup.birth_places()
+    plan.join_tasks = v1_dirs
+    if v2_dir is None:
+        return os.fork(), True
+    fd = os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return fork_into_cgroup(fd), True
+    except OSError:
+        plan.join_tasks = []
+        return os.fork(), False
+    finally:
+        os.close(fd)
 
 
 def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,

@@ -52,6 +52,8 @@ class LaunchPlan:
         self.seccomp_bpf: bytes | None = None
         self.seccomp_flags = 0
         self.cgroup_paths: dict[str, str] = {}
+        #: v1 cgroup directories stage one joins itself (see create._fork_stage_one)
+        self.join_tasks: list[str] = []
         self.hook_state: dict[str, Any] = {}
         self.wants_parent_hooks = bool(
             (config.get("hooks") or {}).get("prestart")
@@ -106,6 +108,11 @@ def stage_one(plan: LaunchPlan) -> None:
         for fd in plan.close_in_child:
             os.close(fd)
         plan.drop_inherited_fds()
+        if plan.join_tasks:
+            from flatstack.runtime.cgroups._fs import join_self
+
+            for directory in plan.join_tasks:
+                join_self(directory)
         if "rootfs" in plan.mount_trees:
             os.chdir(plan.rootfs)  # still host root: the tree is attached on the cwd
         for flag, path in plan.joins:

@@ -68,10 +68,10 @@ class Zygote:
              resources: dict[str, Any]) -> bool:
         """Whether this zygote can start that container: same id and cgroup, and room
         for the zygote beside the init under a pids limit."""
-        limit = (resources.get("pids") or {}).get("limit")
+        from flatstack.runtime.cgroups.base import room_for_a_helper
+
         return (container_id == self.container_id and self.cgroup is not None
-                and cgroup_paths == self.cgroup.paths
-                and not (isinstance(limit, int) and 0 < limit < 2))
+                and cgroup_paths == self.cgroup.paths and room_for_a_helper(resources))
 
     def launch(self, plan: LaunchPlan) -> int | None:
         """Hand the plan (and fds 0-2 as they are now) over; the zygote's pid, now stage

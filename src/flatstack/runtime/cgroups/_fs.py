@@ -38,6 +38,19 @@ def add_proc(directory: str, pid: bytes) -> None:
         os.close(fd)
 
 
+def join_self(directory: str) -> None:
+    """Move the calling thread (the whole process, when it has one thread) into the
+    v1 cgroup ``directory`` through its ``tasks`` file.  Raises CgroupError."""
+    try:
+        fd = os.open(f"{directory}/tasks", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise CgroupError(f"cannot join cgroup {directory}: {why(err)}") from None
+
+
 def write(directory: str, name: str, value: str | int, field: str) -> None:
     """Write one control file; a failure names the config field and the file."""
     path = f"{directory}/{name}"

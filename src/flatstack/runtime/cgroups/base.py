@@ -58,6 +58,13 @@ def section(resources: dict[str, Any], key: str, kind: type = dict) -> Any:
     return value
 
 
+def room_for_a_helper(resources: dict[str, Any]) -> bool:
+    """Whether a short-lived helper process (stage one, a zygote) may sit in the
+    cgroup beside the init: not under a pids limit of 1."""
+    limit = (resources.get("pids") or {}).get("limit")
+    return not (isinstance(limit, int) and 0 < limit < 2)
+
+
 def check_resources(resources: Any) -> None:
     """Types and ranges of linux.resources, before anything is written."""
     if not isinstance(resources, dict):
@@ -235,12 +242,15 @@ class CgroupManager:
         """Send SIGKILL to everything in the cgroup, the cheapest way available."""
         self._signal(self.pids(), SIGKILL)
 
+    def birth_places(self) -> tuple[str | None, list[str]]:
+        """Where a new process can enter the cgroup without a ``cgroup.procs`` write
+        (which waits for an RCU grace period): the cgroup2 directory to be born in
+        (``clone3(CLONE_INTO_CGROUP)``) and the v1 directories a single-threaded
+        process joins itself by writing ``0`` to ``tasks`` (the kernel skips the
+        global threadgroup lock when a thread moves only itself)."""
+        raise NotImplementedError
+
     # -- shared --------------------------------------------------------------
-    def clone_fd(self) -> int | None:
-        """A directory fd for ``clone3(CLONE_INTO_CGROUP)`` (pure v2 only, else None):
-        the child starts in the cgroup without a ``cgroup.procs`` write.  The caller
-        closes it."""
-        return None
 
     def update(self, resources: dict[str, Any]) -> None:
         """``flatrun update``: the same writes as :meth:`apply`."""

@@ -128,6 +128,9 @@ class V1Manager(CgroupManager):
                 raise CgroupError(f"cannot move process {pid} into {directory} "
                                   f"(cgroup {key or 'unified'}): {_fs.why(err)}") from None
 
+    def birth_places(self) -> tuple[str | None, list[str]]:
+        return self.paths.get(""), [d for key, d in self.paths.items() if key]
+
     def pids(self) -> list[int]:
         for name in ("pids", "freezer", "memory", "cpu", "devices"):
             key = self.controllers.get(name)

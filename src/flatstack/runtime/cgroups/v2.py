@@ -109,10 +109,8 @@ class V2Manager(CgroupManager):
     def pids(self) -> list[int]:
         return _fs.procs(self.dir) if self.paths else []
 
-    def clone_fd(self) -> int | None:
-        if not self.paths:
-            return None
-        return os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def birth_places(self) -> tuple[str | None, list[str]]:
+        return (self.dir if self.paths else None), []
 
     def freeze(self) -> None:
         if not _fs.exists(self.dir, "cgroup.freeze"):

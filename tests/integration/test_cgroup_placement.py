@@ -1,0 +1,87 @@
+"""How ``create`` puts the container into its cgroup: with no ``cgroup.procs`` write.
+
+A ``cgroup.procs`` write waits for an RCU grace period (5-23 ms here).  flatrun forks
+stage one with ``clone3(CLONE_INTO_CGROUP)`` into the cgroup2 directory and lets it
+join its v1 directories itself through ``tasks``; the init it forks is born there.
+The trace of a real ``create`` shows which files were written; /proc shows where the
+init ended up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from flatstack.runtime.cgroups import _fs
+from tests.conftest import Bundles, Flatrun, cgroup_dirs
+
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+
+
+def _traced_create(flatrun: Flatrun, bundle: str, cid: str, tmp: Path) -> tuple[str, str]:
+    """create under ``strace -f``, then start (strace follows the init until it exits).
+    Returns the trace and the init's /proc/PID/cgroup as it was after create."""
+    trace = tmp / "create.trace"
+    with open(tmp / "create.out", "w") as out:
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-qq", "-e", "trace=clone3,openat", "-o", str(trace),
+             flatrun.binary, "--root", flatrun.root, "create", "--bundle", bundle, cid],
+            stdout=out, stderr=out)
+        deadline = time.monotonic() + 30
+        while not (Path(flatrun.root) / cid / "state").exists() or \
+                flatrun.state(cid)["status"] != "created":
+            assert tracer.poll() in (None, 0), (tmp / "create.out").read_text()
+            assert time.monotonic() < deadline, "create did not finish"
+            time.sleep(0.05)
+        state = flatrun.state(cid)
+        cgroups = Path(f"/proc/{state['pid']}/cgroup").read_text()
+        flatrun("start", cid)
+        tracer.wait(timeout=30)
+    return trace.read_text(), cgroups
+
+
+@needs_strace
+def test_init_enters_its_cgroup_without_a_procs_write(flatrun: Flatrun, make_bundle: Bundles,
+                                                       tmp_path: Path) -> None:
+    bundle = make_bundle(["true"])
+    cid = flatrun.new_id()
+    text, cgroups = _traced_create(flatrun, bundle, cid, tmp_path)
+    writes = re.findall(r'openat\(AT_FDCWD, "([^"]+)", O_WRONLY', text)
+    assert not [w for w in writes if w.endswith("/cgroup.procs") and cid in w], writes
+    # Every hierarchy the host mounts has the init in the container's directory.
+    lines = [line.split(":", 2) for line in cgroups.splitlines()]
+    assert lines and all(path.endswith(f"/{cid}") for _n, _c, path in lines), cgroups
+    v1 = [m for m, _r, fstype, _o in _fs.cgroup_mounts() if fstype == "cgroup"]
+    v2 = [m for m, _r, fstype, _o in _fs.cgroup_mounts() if fstype == "cgroup2"]
+    joined = [w for w in writes if w.endswith("/tasks") and cid in w]
+    assert len(joined) == len(v1), (joined, v1)
+    if v2:
+        assert re.search(r"clone3\(\{flags=CLONE_INTO_CGROUP\b", text), text
+    flatrun("delete", cid)
+    assert cgroup_dirs(cid) == []
+
+
+def test_pids_limit_of_one_still_places_the_init(flatrun: Flatrun, make_bundle: Bundles,
+                                                 tmp_path: Path) -> None:
+    """No room for stage one beside the init: the parent moves the init instead."""
+    bundle = make_bundle(["sh", "-c", "exit 3"])
+    config_path = Path(bundle) / "config.json"
+    config = json.loads(config_path.read_text())
+    config["linux"].setdefault("resources", {})["pids"] = {"limit": 1}
+    config_path.write_text(json.dumps(config))
+    cid = flatrun.new_id()
+    flatrun("create", "--bundle", bundle, cid)
+    pid = flatrun.state(cid)["pid"]
+    cgroups = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    assert all(line.endswith(f"/{cid}") for line in cgroups), cgroups
+    pids_dirs = [d for d in cgroup_dirs(cid) if "/pids/" in d]
+    for directory in pids_dirs:
+        assert (Path(directory) / "pids.max").read_text().strip() == "1"
+    flatrun("delete", "--force", cid)
+    assert cgroup_dirs(cid) == []

@@ -85,3 +85,30 @@ def test_pids_limit_of_one_still_places_the_init(flatrun: Flatrun, make_bundle: 
         assert (Path(directory) / "pids.max").read_text().strip() == "1"
     flatrun("delete", "--force", cid)
     assert cgroup_dirs(cid) == []
+
+
+def test_delete_kills_what_the_init_left_in_its_cgroup(flatrun: Flatrun, make_bundle: Bundles
+                                                       ) -> None:
+    """Without a PID namespace the init's background child outlives it: delete's quick
+    rmdir finds the cgroup busy, and the full teardown kills the child first."""
+    bundle = make_bundle(["sh", "-c", "sleep 60 & exit 0"])
+    config_path = Path(bundle) / "config.json"
+    config = json.loads(config_path.read_text())
+    config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"]
+                                     if n["type"] != "pid"]
+    config_path.write_text(json.dumps(config))
+    cid = flatrun.new_id()
+    flatrun("create", "--bundle", bundle, cid)
+    flatrun("start", cid)
+    deadline = time.monotonic() + 10
+    while flatrun.state(cid)["status"] != "stopped":
+        assert time.monotonic() < deadline, "the init did not exit"
+        time.sleep(0.02)
+    procs = next(d for d in cgroup_dirs(cid) if "/pids/" in d or "/unified/" in d)
+    left = [int(p) for p in (Path(procs) / "cgroup.procs").read_text().split()]
+    assert left, "the background sleep should still be in the cgroup"
+    flatrun("delete", cid)
+    assert cgroup_dirs(cid) == []
+    for pid in left:
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

@@ -347,6 +347,7 @@ class RootfsBuilder:
         finally:
             os.close(fd)
         # v1 / hybrid: one bind mount per hierarchy, of the container's cgroup.
+        subs = []
         for name, host_path in sorted(self.cgroup_paths.items()):
             sub = f"{dest.rstrip('/')}/{name or 'unified'}"
             sfd = mkdir_all_in_root(self.root_fd, sub)
@@ -354,6 +355,10 @@ class RootfsBuilder:
                 m.mount(host_path, m.fd_path(sfd), None, m.MS_BIND | m.MS_REC)
             finally:
                 os.close(sfd)
+            subs.append(sub)
+        if self._seal_tree(dest, readonly):
+            return
+        for sub in subs:
             self._remount_at(sub, base | readonly)
         if readonly:
             fd = open_in_root(self.root_fd, dest, os.O_PATH | os.O_DIRECTORY)
@@ -362,6 +367,24 @@ class RootfsBuilder:
                         "mode=755")
             finally:
                 os.close(fd)
+
+    def _seal_tree(self, dest: str, readonly: int) -> bool:
+        """nosuid, nodev, noexec (and read-only if asked) on the mount at ``dest`` and
+        every mount below it, in one recursive mount_setattr(2) instead of a remount
+        per mount.  False when the kernel lacks it (before 5.12): remount instead."""
+        attrs = m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV | m.MOUNT_ATTR_NOEXEC
+        if readonly:
+            attrs |= m.MOUNT_ATTR_RDONLY
+        fd = open_in_root(self.root_fd, dest, os.O_PATH | os.O_DIRECTORY)
+        try:
+            m.mount_setattr(fd, "", m.AT_EMPTY_PATH | m.AT_RECURSIVE, attr_set=attrs)
+        except KernelError as err:
+            if err.errno != errno.ENOSYS:
+                raise
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def _devices(self) -> None:
         """Default devices, linux.devices and the /dev symlinks, when /dev is ours."""

@@ -106,7 +106,7 @@ def test_rm_container_exiting_while_the_daemon_is_down(node: Node) -> None:
 
 def test_reconcile_cleans_half_made_and_stale_state(node: Node) -> None:
     engine = node.engine
-    kept = engine.run(RunOptions(image=IMAGE, command=["sleep", "30"], network="none"))
+    kept = engine.run(RunOptions(image=IMAGE, command=["sleep", "30"]))  # on the bridge
     stale = "f" * 64
     engine.networks.attach(stale, "bridge")  # an attachment whose container vanished
     engine.store.hold(stale, engine.store.image(IMAGE))

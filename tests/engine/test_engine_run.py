@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,34 @@ def test_host_network(node: Node) -> None:
     assert lines[0] == os.uname().nodename
     assert set(lines[1:]) == set(os.listdir("/sys/class/net"))
     assert info["network"]["mode"] == "host"
+
+
+def test_no_network_is_a_namespace_of_the_containers_own(node: Node) -> None:
+    """--network none: the runtime makes the namespace inside the container's user
+    namespace (only loopback, up); nothing named or attached on the host."""
+    import fcntl
+
+    info = node.engine.run(RunOptions(image=IMAGE, network="none",
+                                      command=["sh", "-c", "ls /sys/class/net; sleep 30"]))
+    pid = info["pid"]
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        owner = fcntl.ioctl(fd, 0xB701)  # NS_GET_USERNS: an fd of the owning user ns
+    finally:
+        os.close(fd)
+    try:
+        assert os.fstat(owner).st_ino == os.stat(f"/proc/{pid}/ns/user").st_ino
+    finally:
+        os.close(owner)
+    left = node.leftovers()
+    assert left["netns"] == [] and left["attachments"] == [], left
+    deadline = time.monotonic() + 5
+    while "lo" not in node.log_text(info["id"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert node.log_text(info["id"]).split() == ["lo"]
+    node.engine.remove(info["id"], force=True)
+    assert empty(node.leftovers()), node.leftovers()
 
 
 def test_volumes_survive_and_bind_mounts(node: Node, tmp_path: Path) -> None:

@@ -416,7 +416,7 @@ class Engine:
             self._write(record)
             mode = opts.network
             attached: dict[str, Any] = {}
-            if mode != "host":  # CNI ADD (plugin execs) overlaps the rootfs work below
+            if mode not in ("host", "none"):  # CNI ADD overlaps the rootfs work below
                 worker = threading.Thread(target=self._attach_into,
                                           args=(attached, cid, mode, ports), daemon=True)
                 undo.append(lambda: self.networks.detach(cid))
@@ -451,7 +451,12 @@ class Engine:
                 mounts.append(mount_entry(vol, source))
                 record["mounts"].append(vol.to_json(source))
             netns_path: str | None = None
-            if mode != "host":
+            if mode == "none":
+                # the runtime makes the namespace, inside the container's user namespace
+                # (as podman does): nothing on the host to create, name or remove
+                record["network"] = {"mode": "none", "name": "", "ip": ""}
+                hostname = opts.hostname or cid[:12]
+            elif mode != "host":
                 worker.join()
                 if "error" in attached:
                     raise attached["error"]
@@ -475,7 +480,8 @@ class Engine:
             record["env"] = env
             config = specs.build(args=argv, env=env, cwd=workdir, user=user,
                                  hostname=hostname, rootfs=merged, id_maps=maps,
-                                 netns_path=netns_path, mounts=mounts, tty=opts.tty,
+                                 netns_path=netns_path, own_netns=mode == "none",
+                                 mounts=mounts, tty=opts.tty,
                                  memory=opts.memory, cpus=opts.cpus,
                                  pids_limit=opts.pids_limit,
                                  annotations={"org.flatstack.engine.name": name})

@@ -187,12 +187,15 @@ def resources(memory: int | None, cpus: float | None, pids_limit: int | None,
     return out
 
 
-def network_sysctls(id_maps: list[dict[str, int]]) -> dict[str, str]:
+def network_sysctls(id_maps: list[dict[str, int]], *, inside: bool = False
+                    ) -> dict[str, str]:
     """What docker and podman set in a container's own network namespace: any port may be
     bound without CAP_NET_BIND_SERVICE, and every group of the container may open ICMP
-    echo sockets (ping without CAP_NET_RAW). Values as the host writes them: the group
-    range is the container's host gids, which the container reads as ``0 <size-1>``."""
-    ranges = [(m["hostID"], m["hostID"] + m["size"] - 1) for m in id_maps if m.get("size")]
+    echo sockets (ping without CAP_NET_RAW). The group range in the writer's ids: the
+    container's host gids when the host writes it, ``0 <size-1>`` (``inside``) when the
+    container's init does (the kernel maps them through its user namespace)."""
+    key = "containerID" if inside else "hostID"
+    ranges = [(m[key], m[key] + m["size"] - 1) for m in id_maps if m.get("size")]
     low = min((r[0] for r in ranges), default=0)
     high = max((r[1] for r in ranges), default=0)
     return {"net.ipv4.ip_unprivileged_port_start": "0",
@@ -231,10 +234,13 @@ def apply_network_sysctls(netns_path: str, sysctls: dict[str, str]) -> None:
 
 def build(*, args: list[str], env: list[str], cwd: str, user: User, hostname: str,
           rootfs: str, id_maps: list[dict[str, int]], netns_path: str | None,
-          mounts: list[dict[str, Any]], tty: bool, memory: int | None = None,
+          mounts: list[dict[str, Any]], tty: bool, own_netns: bool = False,
+          memory: int | None = None,
           cpus: float | None = None, pids_limit: int | None = None,
           annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    """The container's config.json (``netns_path`` None: the host's network)."""
+    """The container's config.json: the network namespace at ``netns_path``, a new one
+    made by the runtime in the container's user namespace (``own_netns``, sysctls set
+    by the init), else the host's."""
     from flatstack.oci.defaults import default_spec
 
     spec = default_spec(args=args)
@@ -249,6 +255,10 @@ def build(*, args: list[str], env: list[str], cwd: str, user: User, hostname: st
     namespaces = [n for n in linux["namespaces"] if n["type"] != "network"]
     if netns_path is not None:
         namespaces.append({"type": "network", "path": netns_path})
+    elif own_netns:
+        namespaces.append({"type": "network"})
+        linux["sysctl"] = {**(linux.get("sysctl") or {}),
+                           **network_sysctls(id_maps, inside=True)}
     namespaces.append({"type": "user"})
     linux["namespaces"] = namespaces
     linux["uidMappings"] = [dict(m) for m in id_maps]

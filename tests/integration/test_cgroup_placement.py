@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from flatstack.runtime.cgroups import _fs
 from tests.conftest import Bundles, Flatrun, cgroup_dirs
-
-needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 
 
 def _traced_create(flatrun: Flatrun, bundle: str, cid: str, tmp: Path) -> tuple[str, str]:
@@ -46,7 +41,6 @@ def _traced_create(flatrun: Flatrun, bundle: str, cid: str, tmp: Path) -> tuple[
     return trace.read_text(), cgroups
 
 
-@needs_strace
 def test_init_enters_its_cgroup_without_a_procs_write(flatrun: Flatrun, make_bundle: Bundles,
                                                        tmp_path: Path) -> None:
     bundle = make_bundle(["true"])

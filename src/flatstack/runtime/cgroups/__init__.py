@@ -21,14 +21,24 @@ from __future__ import annotations
 import os
 
 from flatstack.errors import CgroupError
-from flatstack.runtime.cgroups.base import CgroupManager
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from flatstack.runtime.cgroups.base import CgroupManager
+
 __all__ = ["CGROUP_ROOT", "CgroupManager", "detect_mode", "manager_for",
-           "manager_from_state", "resolve_path"]
+           "manager_from_state", "remove_if_idle", "resolve_path"]
+
+
+def __getattr__(name: str) -> Any:
+    # The managers load only when one is needed: `delete` of an idle cgroup needs none.
+    if name == "CgroupManager":
+        from flatstack.runtime.cgroups.base import CgroupManager
+
+        return CgroupManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 _mode: str | None = None
@@ -124,3 +134,20 @@ def manager_from_state(data: dict[str, Any]) -> CgroupManager:
     from flatstack.runtime.cgroups.v1 import V1Manager
 
     return V1Manager.from_state(data)
+
+
+def remove_if_idle(data: dict[str, Any]) -> bool:
+    """Remove a saved cgroup (``to_state``) whose directories are empty leaves, as they
+    are once the container's processes are gone: one rmdir each, no manager loaded.
+    False when one is busy or has children; ``manager_from_state(data).destroy()``
+    then kills what is left and removes the rest."""
+    from flatstack.runtime.cgroups import _fs
+
+    if data.get("kind") == "v2":
+        leaves = [data["dir"]] if data.get("active", True) else []
+    else:
+        leaves = list((data.get("paths") or {}).values())
+    if any(_fs.rmdir(leaf) for leaf in leaves):
+        return False
+    _fs.remove_parents(data.get("created") or [], leaves)
+    return True

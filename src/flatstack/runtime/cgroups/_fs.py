@@ -182,6 +182,13 @@ def subdirs_bottom_up(path: str) -> list[str]:
     return found
 
 
+def remove_parents(created: list[str], leaves: list[str]) -> None:
+    """Remove the parent directories a manager created above its leaves, deepest
+    first; one still shared with another container (or not empty) is kept."""
+    for directory in sorted(set(created) - set(leaves), key=len, reverse=True):
+        rmdir(directory)
+
+
 def rmdir(path: str) -> int:
     """rmdir, returning 0 or the errno (ENOENT counts as success)."""
     try:

@@ -307,10 +307,7 @@ class CgroupManager:
                 err = self._rmdir_until(directory, deadline)
                 if err:
                     failed.append(f"{directory}: {os.strerror(err).lower()}")
-        leaf_set = set(leaves)
-        for directory in sorted(set(self.created) - leaf_set, key=len, reverse=True):
-            # Shared with another container (EBUSY/ENOTEMPTY) or not ours to remove.
-            _fs.rmdir(directory)
+        _fs.remove_parents(self.created, leaves)
         if failed:
             raise CgroupError(f"cannot remove cgroup {'; '.join(failed)}")
 

@@ -6,11 +6,8 @@ import os
 import time
 
 from flatstack.errors import FlatstackError, InvalidState
+from flatstack.runtime import cgroups
 from flatstack.runtime.state import Container, process_start_time
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 
 def delete(root: str, container_id: str, *, force: bool = False) -> None:
@@ -25,16 +22,18 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
         if status in ("running", "paused") and not force:
             raise InvalidState(f"cannot delete container {container_id} that is not stopped: "
                                f"{status}")
-        cgroup_state = container.data.get("cgroup")
+        saved = container.data.get("cgroup")
         cgroup = None
         if container.init_alive():
-            cgroup = _manager(cgroup_state)
+            cgroup = cgroups.manager_from_state(saved) if saved else None
             if status == "paused" and cgroup is not None:
                 cgroup.thaw()
             kill_and_wait(container.pid, container.data.get("pid_start"))
-        if cgroup_state and (cgroup is not None or not remove_idle_cgroup(cgroup_state)):
+        if saved and cgroup is None and not cgroups.remove_if_idle(saved):
+            cgroup = cgroups.manager_from_state(saved)
+        if cgroup is not None:
             try:
-                (cgroup or _manager(cgroup_state)).destroy()
+                cgroup.destroy()
             except FlatstackError as err:
                 if not force:
                     raise
@@ -55,39 +54,6 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
         container.remove_dir()
     finally:
         container.unlock()
-
-
-def _manager(cgroup_state: dict[str, Any] | None) -> Any:
-    if not cgroup_state:
-        return None
-    from flatstack.runtime.cgroups import manager_from_state
-
-    return manager_from_state(cgroup_state)
-
-
-def remove_idle_cgroup(cgroup_state: dict[str, Any]) -> bool:
-    """The usual case once the init is gone: each of the container's cgroup
-    directories is an empty leaf, removed with one rmdir (no cgroup manager to
-    import).  False when one is busy or has children: the caller then runs the
-    manager's full destroy, which kills what is left and removes the rest."""
-    if cgroup_state.get("kind") == "v2":
-        leaves = [cgroup_state["dir"]] if cgroup_state.get("active", True) else []
-    else:
-        leaves = list((cgroup_state.get("paths") or {}).values())
-    for leaf in leaves:
-        try:
-            os.rmdir(leaf)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return False
-    for parent in sorted(set(cgroup_state.get("created") or ()) - set(leaves), key=len,
-                         reverse=True):
-        try:
-            os.rmdir(parent)  # shared with another container, or not ours: kept
-        except OSError:
-            pass
-    return True
 
 
 def kill_and_wait(pid: int, start_time: int | None, timeout: float = 5.0) -> None:

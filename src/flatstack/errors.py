@@ -46,10 +46,10 @@ class KernelError(FlatstackError):
     """A system call failed; carries errno and the call that failed."""
 
     def __init__(self, call: str, errno: int, detail: str = "") -> None:
-        import os
+        import posix
 
         what = f"{call}({detail})" if detail else call
-        super().__init__(f"{what}: {os.strerror(errno)}")
+        super().__init__(f"{what}: {posix.strerror(errno)}")
         self.call = call
         self.errno = errno
 

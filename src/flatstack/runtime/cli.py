@@ -8,7 +8,7 @@ container.  It accepts what urfave/cli (runc's parser) accepts: ``--flag v``,
 
 from __future__ import annotations
 
-import os
+import posix
 import sys
 
 from flatstack.errors import FlatstackError
@@ -138,12 +138,13 @@ class Logger:
         else:
             line = f'time="{rfc3339_now()}" level={level} msg="{message}"'
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         0o644)
+            fd = posix.open(self.path,
+                            posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC,
+                            0o644)
             try:
-                os.write(fd, (line + "\n").encode())
+                posix.write(fd, (line + "\n").encode())
             finally:
-                os.close(fd)
+                posix.close(fd)
         except OSError:
             pass
 
@@ -167,9 +168,10 @@ def _exact(positional: list[str], count: int, usage: str) -> None:
 def dispatch(command: str, flags: dict[str, Any], positional: list[str],
              gflags: dict[str, Any]) -> int:
     """Run one command; returns the process exit status."""
+    from flatstack._fastos import abspath
     from flatstack.runtime.state import default_root
 
-    root = os.path.abspath(gflags.get("root") or default_root())
+    root = abspath(gflags.get("root") or default_root())
     usage = COMMANDS[command][2]
     out = sys.stdout
     if command in ("create", "run"):
@@ -178,7 +180,7 @@ def dispatch(command: str, flags: dict[str, Any], positional: list[str],
         cid = _need_id(positional, usage)
         _exact(positional, 1, usage)
         opts = CreateOptions(
-            root=root, container_id=cid, bundle=flags.get("bundle") or os.getcwd(),
+            root=root, container_id=cid, bundle=flags.get("bundle") or posix.getcwd(),
             pid_file=flags.get("pid-file"), console_socket=flags.get("console-socket"),
             preserve_fds=_preserve_fds(flags), no_pivot=flags.get("no-pivot", False),
             no_new_keyring=flags.get("no-new-keyring", False),
@@ -276,7 +278,7 @@ def _preserve_fds(flags: dict[str, Any]) -> int:
     count = int(flags.get("preserve-fds", 0))
     if count < 0:
         raise UsageError("--preserve-fds: must not be negative")
-    listen = os.environ.get("LISTEN_FDS")
+    listen = posix.environ.get(b"LISTEN_FDS", b"").decode()
     if listen and listen.isdigit():
         count = max(count, int(listen))
     return count
@@ -319,6 +321,7 @@ def _exec(root: str, flags: dict[str, Any], positional: list[str], usage: str) -
 
 def _spec(flags: dict[str, Any]) -> int:
     import json
+    import os
 
     from flatstack.oci.defaults import default_spec
 
@@ -412,7 +415,7 @@ def run() -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         code = code or 1
-    os._exit(code)
+    posix._exit(code)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import fcntl
 import marshal
-import os
+import posix
 import time
 
+from flatstack._fastos import exists
 from flatstack.errors import ContainerExists, ContainerNotFound, FlatstackError
 
 TYPE_CHECKING = False
@@ -31,12 +32,14 @@ _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 
 def default_root() -> str:
     """/run/flatrun for root; $XDG_RUNTIME_DIR/flatrun for others."""
-    if os.geteuid() == 0:
+    if posix.geteuid() == 0:
         return "/run/flatrun"
+    import os
+
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return os.path.join(xdg, "flatrun")
-    return f"/tmp/flatrun-{os.geteuid()}"
+    return f"/tmp/flatrun-{posix.geteuid()}"
 
 
 def validate_id(container_id: str) -> None:
@@ -69,7 +72,7 @@ class Container:
     def __init__(self, root: str, container_id: str, data: dict[str, Any]) -> None:
         self.root = root
         self.id = container_id
-        self.dir = os.path.join(root, container_id)
+        self.dir = f"{root}/{container_id}"
         self.data = data
         self._lock_fd: int | None = None
         self.console_peer = -1  # foreground run's end of the console socket pair
@@ -79,7 +82,7 @@ class Container:
     def load(cls, root: str, container_id: str) -> Container:
         """Load a container's state, or raise ContainerNotFound."""
         validate_id(container_id)
-        path = os.path.join(root, container_id, STATE_FILE)
+        path = f"{root}/{container_id}/{STATE_FILE}"
         try:
             with open(path, "rb") as f:
                 data = marshal.loads(f.read())
@@ -92,6 +95,8 @@ class Container:
     @classmethod
     def new(cls, root: str, container_id: str) -> Container:
         """Create the container's directory; fails if the id is taken."""
+        import os
+
         validate_id(container_id)
         os.makedirs(root, mode=0o711, exist_ok=True)
         path = os.path.join(root, container_id)
@@ -105,22 +110,22 @@ class Container:
 
     def save(self) -> None:
         """Write the state atomically."""
-        tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
+        tmp = f"{self.dir}/{STATE_FILE}.tmp"
         with open(tmp, "wb") as f:
             f.write(marshal.dumps(self.data))
-        os.rename(tmp, os.path.join(self.dir, STATE_FILE))
+        posix.rename(tmp, f"{self.dir}/{STATE_FILE}")
 
     def lock(self) -> None:
         """Take the container's exclusive lock (blocks other verbs)."""
         if self._lock_fd is None:
-            fd = os.open(os.path.join(self.dir, LOCK_FILE),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = posix.open(f"{self.dir}/{LOCK_FILE}",
+                            posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._lock_fd = fd
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            posix.close(self._lock_fd)
             self._lock_fd = None
 
     # -- derived facts ------------------------------------------------------
@@ -130,7 +135,7 @@ class Container:
 
     @property
     def fifo_path(self) -> str:
-        return os.path.join(self.dir, FIFO_FILE)
+        return f"{self.dir}/{FIFO_FILE}"
 
     def init_alive(self) -> bool:
         """True while the container's init process (the same one) runs."""
@@ -146,7 +151,7 @@ class Container:
             return "stopped"
         if not self.init_alive():
             return "creating" if self.data.get("creating") and self.pid == 0 else "stopped"
-        if os.path.exists(self.fifo_path):
+        if exists(self.fifo_path):
             return "created"
         if self.data.get("paused"):
             from flatstack.runtime.cgroups import manager_from_state
@@ -191,11 +196,11 @@ class Container:
         """Remove the container's directory and everything in it."""
         for name in (STATE_FILE, STATE_FILE + ".tmp", FIFO_FILE, LOCK_FILE):
             try:
-                os.unlink(os.path.join(self.dir, name))
+                posix.unlink(f"{self.dir}/{name}")
             except FileNotFoundError:
                 pass
         try:
-            os.rmdir(self.dir)
+            posix.rmdir(self.dir)
         except FileNotFoundError:
             pass
         except OSError:
@@ -208,11 +213,11 @@ class Container:
 def list_ids(root: str) -> list[str]:
     """Ids of every container under ``root``."""
     try:
-        names = os.listdir(root)
+        names = posix.listdir(root)
     except FileNotFoundError:
         return []
     return sorted(n for n in names
-                  if os.path.exists(os.path.join(root, n, STATE_FILE)))
+                  if exists(f"{root}/{n}/{STATE_FILE}"))
 
 
 def rfc3339_now() -> str:

@@ -18,8 +18,7 @@ Measurements and design notes: docs/cgroups.md.
 
 from __future__ import annotations
 
-import os
-
+from flatstack._fastos import exists
 from flatstack.errors import CgroupError
 
 TYPE_CHECKING = False
@@ -49,9 +48,9 @@ def detect_mode() -> str:
     at /sys/fs/cgroup/unified) or ``v1``; cached for the process."""
     global _mode
     if _mode is None:
-        if os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers"):
+        if exists(f"{CGROUP_ROOT}/cgroup.controllers"):
             _mode = "unified"
-        elif os.path.exists(f"{CGROUP_ROOT}/unified/cgroup.controllers"):
+        elif exists(f"{CGROUP_ROOT}/unified/cgroup.controllers"):
             _mode = "hybrid"
         else:
             _mode = "v1"
@@ -77,6 +76,8 @@ def resolve_path(cgroups_path: str | None, container_id: str, *,
         return _systemd_path(path or f"system.slice:flatrun:{container_id}", container_id)
     if not path:
         return f"/{container_id}"
+    import os
+
     clean = os.path.normpath("/" + path.lstrip("/"))  # nothing above the root (CleanPath)
     return clean if path.startswith("/") else clean.lstrip("/") or "."
 

@@ -7,23 +7,24 @@ manager at a temporary directory tree and check what would be written.
 from __future__ import annotations
 
 import errno
-import os
+import posix
 import time
 
+from flatstack import _fastos
 from flatstack.errors import CgroupError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-_WRITE_FLAGS = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC
+_WRITE_FLAGS = posix.O_WRONLY | posix.O_TRUNC | posix.O_CLOEXEC
 #: What a write to a cgroup the caller was not delegated fails with (rootless: skip it).
 DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def why(err: OSError) -> str:
     """An errno as a lowercase reason."""
-    return os.strerror(err.errno or 0).lower()
+    return posix.strerror(err.errno or 0).lower()
 
 
 def add_proc(directory: str, pid: bytes) -> None:
@@ -31,22 +32,22 @@ def add_proc(directory: str, pid: bytes) -> None:
 
     Raises OSError: the callers know which hierarchy failed and word the error.
     """
-    fd = os.open(f"{directory}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+    fd = posix.open(f"{directory}/cgroup.procs", posix.O_WRONLY | posix.O_CLOEXEC)
     try:
-        os.write(fd, pid)
+        posix.write(fd, pid)
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def join_self(directory: str) -> None:
     """Move the calling thread (the whole process, when it has one thread) into the
     v1 cgroup ``directory`` through its ``tasks`` file.  Raises CgroupError."""
     try:
-        fd = os.open(f"{directory}/tasks", os.O_WRONLY | os.O_CLOEXEC)
+        fd = posix.open(f"{directory}/tasks", posix.O_WRONLY | posix.O_CLOEXEC)
         try:
-            os.write(fd, b"0")
+            posix.write(fd, b"0")
         finally:
-            os.close(fd)
+            posix.close(fd)
     except OSError as err:
         raise CgroupError(f"cannot join cgroup {directory}: {why(err)}") from None
 
@@ -55,15 +56,15 @@ def write(directory: str, name: str, value: str | int, field: str) -> None:
     """Write one control file; a failure names the config field and the file."""
     path = f"{directory}/{name}"
     try:
-        fd = os.open(path, _WRITE_FLAGS)
+        fd = posix.open(path, _WRITE_FLAGS)
     except OSError as err:
         raise WriteError(field, path, value, err) from None
     try:
-        os.write(fd, str(value).encode())
+        posix.write(fd, str(value).encode())
     except OSError as err:
         raise WriteError(field, path, value, err) from None
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 class WriteError(CgroupError):
@@ -114,7 +115,7 @@ def read_keyed(directory: str, name: str) -> dict[str, int]:
 
 
 def exists(directory: str, name: str = "") -> bool:
-    return os.path.exists(f"{directory}/{name}" if name else directory)
+    return _fastos.exists(f"{directory}/{name}" if name else directory)
 
 
 def procs(directory: str, recursive: bool = True) -> list[int]:
@@ -129,7 +130,7 @@ def procs(directory: str, recursive: bool = True) -> list[int]:
         pids.extend(int(p) for p in text.split())
         if recursive:
             try:
-                with os.scandir(current) as it:
+                with posix.scandir(current) as it:
                     dirs.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
             except OSError:
                 pass
@@ -140,15 +141,15 @@ def mkdir_p(path: str, created: list[str]) -> None:
     """``mkdir -p``; appends (top-down) the directories this call created."""
     missing = []
     probe = path
-    while not os.path.isdir(probe):
+    while not _fastos.is_dir(probe):
         missing.append(probe)
-        parent = os.path.dirname(probe)
+        parent = _fastos.dirname(probe)
         if parent == probe:
             break
         probe = parent
     for directory in reversed(missing):
         try:
-            os.mkdir(directory, 0o755)
+            posix.mkdir(directory, 0o755)
         except FileExistsError:
             continue
         except OSError as err:
@@ -171,7 +172,7 @@ def subdirs_bottom_up(path: str) -> list[str]:
     while stack:
         current = stack.pop()
         try:
-            with os.scandir(current) as it:
+            with posix.scandir(current) as it:
                 for entry in it:
                     if entry.is_dir(follow_symlinks=False):
                         found.append(entry.path)
@@ -192,7 +193,7 @@ def remove_parents(created: list[str], leaves: list[str]) -> None:
 def rmdir(path: str) -> int:
     """rmdir, returning 0 or the errno (ENOENT counts as success)."""
     try:
-        os.rmdir(path)
+        posix.rmdir(path)
     except FileNotFoundError:
         return 0
     except OSError as err:
@@ -262,7 +263,7 @@ def hugepage_sizes(sysfs: str = "/sys/kernel/mm/hugepages") -> list[str]:
     """The huge page sizes this kernel supports, spelled as in cgroup file names."""
     sizes = []
     try:
-        names = os.listdir(sysfs)
+        names = posix.listdir(sysfs)
     except OSError:
         return sizes
     for name in names:

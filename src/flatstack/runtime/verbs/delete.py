@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import posix
 import time
 
 from flatstack.errors import FlatstackError, InvalidState
@@ -37,7 +37,7 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
             except FlatstackError as err:
                 if not force:
                     raise
-                os.write(2, f"flatrun: warning: {err}\n".encode())
+                posix.write(2, f"flatrun: warning: {err}\n".encode())
         hooks = (container.data.get("hooks") or {}).get("poststop")
         if hooks:
             from flatstack.runtime.hooks import run_hooks
@@ -46,7 +46,7 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
             state["status"] = "stopped"
             for failure in run_hooks({"hooks": {"poststop": hooks}}, "poststop", state,
                                      strict=False):
-                os.write(2, f"flatrun: warning: {failure}\n".encode())
+                posix.write(2, f"flatrun: warning: {failure}\n".encode())
         if container.data.get("userns_pool"):
             from flatstack.runtime.userns_pool import release
 
@@ -59,14 +59,14 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
 def kill_and_wait(pid: int, start_time: int | None, timeout: float = 5.0) -> None:
     """SIGKILL ``pid`` and wait until it is gone (it is not our child)."""
     try:
-        os.kill(pid, 9)
+        posix.kill(pid, 9)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while time.monotonic() < deadline:
         try:
-            os.waitpid(pid, os.WNOHANG)
+            posix.waitpid(pid, posix.WNOHANG)
         except ChildProcessError:
             pass
         if process_start_time(pid) != start_time:

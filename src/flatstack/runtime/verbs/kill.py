@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import posix
 
 from flatstack.errors import FlatstackError
 from flatstack.runtime.signals import parse_signal
@@ -26,11 +26,11 @@ def kill(root: str, container_id: str, signal: str = "SIGTERM", *, all_: bool = 
 
         for pid in process_tree(container.pid):
             try:
-                os.kill(pid, number)
+                posix.kill(pid, number)
             except ProcessLookupError:
                 pass
         return
     try:
-        os.kill(container.pid, number)
+        posix.kill(container.pid, number)
     except ProcessLookupError:
         raise FlatstackError(f"container {container_id} is not running") from None

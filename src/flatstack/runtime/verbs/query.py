@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import posix
 
 from flatstack import _fastjson
+from flatstack._fastos import exists
 from flatstack.errors import FlatstackError
 from flatstack.runtime.state import Container, list_ids
 
@@ -65,7 +66,7 @@ def process_tree(pid: int) -> list[int]:
     while todo:
         current = todo.pop()
         try:
-            tids = os.listdir(f"/proc/{current}/task")
+            tids = posix.listdir(f"/proc/{current}/task")
         except OSError:
             continue
         found.append(current)
@@ -110,4 +111,4 @@ def ps(root: str, container_id: str, fmt: str = "table", ps_args: list[str] | No
 
 
 def pid_exists(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
+    return exists(f"/proc/{pid}")

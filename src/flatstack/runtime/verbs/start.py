@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import posix
 import select
 
 from flatstack.errors import FlatstackError, InvalidState
@@ -19,20 +19,21 @@ def start(root: str, container_id: str) -> None:
             if status == "stopped":
                 raise InvalidState(f"cannot start a container that has stopped: {container_id}")
             raise InvalidState(f"cannot start an already {status} container: {container_id}")
-        fd = os.open(container.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = posix.open(container.fifo_path,
+                        posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
         try:
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             while True:
                 if poller.poll(100):
-                    data = os.read(fd, 1)
+                    data = posix.read(fd, 1)
                     if data:
                         break
                 if not container.init_alive():
                     raise FlatstackError(f"container {container_id} exited before it was started")
         finally:
-            os.close(fd)
-        os.unlink(container.fifo_path)
+            posix.close(fd)
+        posix.unlink(container.fifo_path)
         hooks = (container.data.get("hooks") or {}).get("poststart")
         if hooks:
             from flatstack.runtime.hooks import run_hooks
@@ -44,6 +45,6 @@ def start(root: str, container_id: str) -> None:
                          pid=container.data.get("pid", 0))
             for failure in run_hooks({"hooks": {"poststart": hooks}}, "poststart", state,
                                      strict=False):
-                os.write(2, f"flatrun: warning: {failure}\n".encode())
+                posix.write(2, f"flatrun: warning: {failure}\n".encode())
     finally:
         container.unlock()

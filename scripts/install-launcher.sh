@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 py="$here/.venv/bin/python3"
 for candidate in /usr/bin/python3.11 /usr/bin/python3; do
     if [ -x "$candidate" ] && "$candidate" -IS -c \
-        'import sys, ctypes, _json, _sha256, fcntl, marshal; assert sys.version_info >= (3, 11)' \
+        'import sys, _json, _sha256, fcntl, marshal; assert sys.version_info >= (3, 11)' \
         2>/dev/null; then
         py=$candidate
         break
@@ -25,6 +25,16 @@ if [ ! -x "$tbin" ] || [ "$tsrc" -nt "$tbin" ]; then
         -fno-asynchronous-unwind-tables -fno-pie -no-pie -Wl,--build-id=none \
         -Wl,-z,noexecstack -s -o "$tbin.tmp.$$" "$tsrc"
     mv "$tbin.tmp.$$" "$tbin"
+fi
+# The runtime's system calls (src/flatstack/kernel/_sys.c): a C extension on the stable
+# ABI, so the venv's interpreter and the system's python3.11 both load it.
+ssrc="$here/src/flatstack/kernel/_sys.c"
+sbin="$here/src/flatstack/kernel/_sys.abi3.so"
+if [ ! -f "$sbin" ] || [ "$ssrc" -nt "$sbin" ]; then
+    include=$("$here/.venv/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    gcc -shared -fPIC -O2 -Wall -Werror -Wno-unused-parameter -I"$include" \
+        -o "$sbin.tmp.$$" "$ssrc"
+    mv "$sbin.tmp.$$" "$sbin"
 fi
 out="$here/.venv/bin/flatrun"
 tmp="$out.tmp.$$"

@@ -71,7 +71,7 @@ def test_sched_attr_layout() -> None:
     attr = proc.sched_attr("SCHED_DEADLINE", flags=["SCHED_FLAG_RESET_ON_FORK",
                                                     "SCHED_FLAG_DL_OVERRUN"],
                            runtime=10, deadline=20, period=30)
-    assert ctypes.sizeof(attr) == attr.size == 56
+    assert len(attr.pack()) == attr.size == 56
     assert attr.sched_policy == 6 and attr.sched_flags == 0x05
     assert (attr.sched_runtime, attr.sched_deadline, attr.sched_period) == (10, 20, 30)
     with pytest.raises(ValueError):
@@ -170,7 +170,7 @@ def test_close_fds_from_marks_cloexec() -> None:
 
 
 def test_close_fds_fallback_walk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(proc, "_raw", lambda *args: -38)  # ENOSYS: no close_range
+    monkeypatch.setattr(proc, "try_syscall", lambda *args: -38)  # ENOSYS: no close_range
 
     def child() -> Any:
         fd = os.open("/dev/null", os.O_RDONLY)

@@ -6,10 +6,10 @@ Everything acts on the calling thread (the runtime's init is single-threaded).
 
 from __future__ import annotations
 
-import ctypes
+import struct
 
 from flatstack.errors import ConfigError, KernelError
-from flatstack.kernel.libc import libc, syscall
+from flatstack.kernel.libc import syscall, try_syscall
 from flatstack.kernel.names import CAPABILITIES
 from flatstack.kernel.proc import (
     PR_CAP_AMBIENT,
@@ -42,13 +42,9 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _EINVAL = 22
 
 
-class _Header(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+_HEADER = struct.Struct("=Ii")  # struct __user_cap_header_struct: version, pid
+# Two struct __user_cap_data_struct (effective, permitted, inheritable): low, high words.
+_DATA = struct.Struct("=6I")
 
 
 _last_cap: int | None = None
@@ -67,7 +63,7 @@ def last_cap() -> int:
                 _last_cap = int(f.read())
         except (OSError, ValueError):
             cap = 0
-            while libc.prctl(PR_CAPBSET_READ, cap + 1, 0, 0, 0) >= 0:
+            while try_syscall("prctl", PR_CAPBSET_READ, cap + 1, 0, 0, 0) >= 0:
                 cap += 1
             _last_cap = cap
     return _last_cap
@@ -102,24 +98,21 @@ def names_to_mask(names: Iterable[str], field: str) -> set[int]:
 
 def capget(pid: int = 0) -> tuple[int, int, int]:
     """(effective, permitted, inheritable) masks of a thread (0 = the caller)."""
-    header = _Header(_LINUX_CAPABILITY_VERSION_3, pid)
-    data = (_Data * 2)()
-    syscall("capget", ctypes.byref(header), data)
-    return (data[0].effective | data[1].effective << 32,
-            data[0].permitted | data[1].permitted << 32,
-            data[0].inheritable | data[1].inheritable << 32)
+    header = bytearray(_HEADER.pack(_LINUX_CAPABILITY_VERSION_3, pid))
+    data = bytearray(_DATA.size)
+    syscall("capget", header, data)
+    eff0, prm0, inh0, eff1, prm1, inh1 = _DATA.unpack(data)
+    return eff0 | eff1 << 32, prm0 | prm1 << 32, inh0 | inh1 << 32
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:
     """Set the calling thread's effective, permitted and inheritable masks."""
-    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_Data * 2)()
-    for i in (0, 1):
-        shift = 32 * i
-        data[i].effective = effective >> shift & 0xFFFFFFFF
-        data[i].permitted = permitted >> shift & 0xFFFFFFFF
-        data[i].inheritable = inheritable >> shift & 0xFFFFFFFF
-    syscall("capset", ctypes.byref(header), data)
+    header = bytearray(_HEADER.pack(_LINUX_CAPABILITY_VERSION_3, 0))
+    low, high = 0xFFFFFFFF, 32
+    data = _DATA.pack(effective & low, permitted & low, inheritable & low,
+                      effective >> high & low, permitted >> high & low,
+                      inheritable >> high & low)
+    syscall("capset", header, data)
 
 
 def set_caps(effective: Iterable[int], permitted: Iterable[int],

@@ -1,53 +1,42 @@
-"""The C library handle, raw syscall access and errno checking."""
+"""Raw system calls by name, with errors as :class:`KernelError`.
+
+The calls go through :mod:`flatstack.kernel._sys`, a small C extension built by
+``make install`` (scripts/install-launcher.sh): ``import ctypes`` would cost a
+tenth of a ``flatrun create``.  Its syscall numbers come from the headers of the
+machine it was built on.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import os
+from flatstack.errors import FlatstackError, KernelError
 
-from flatstack.errors import KernelError
+try:
+    from flatstack.kernel import _sys
+except ImportError as err:  # pragma: no cover - a checkout without make install
+    raise FlatstackError(f"flatstack.kernel._sys is not built ({err}): run make install"
+                         ) from None
 
-libc = ctypes.CDLL(None, use_errno=True)
-
-_MACHINE = os.uname().machine
-
-# Syscall numbers that glibc 2.36 has no wrapper for (or where the wrapper is
-# too new for Debian bookworm).  Numbers from 424 on are the same on every
-# architecture (the syscall tables were unified in Linux 5.1); older ones are not.
-_UNIFIED: dict[str, int] = {
-    "pidfd_send_signal": 424, "open_tree": 428, "move_mount": 429, "fsopen": 430,
-    "fsconfig": 431, "fsmount": 432, "pidfd_open": 434, "clone3": 435, "close_range": 436,
-    "openat2": 437, "pidfd_getfd": 438, "mount_setattr": 442, "landlock_create_ruleset": 444,
-    "landlock_add_rule": 445, "landlock_restrict_self": 446,
-}
-_PER_ARCH: dict[str, dict[str, int]] = {
-    "x86_64": {"pivot_root": 155, "setns": 308, "seccomp": 317, "ioprio_set": 251,
-               "ioprio_get": 252, "capget": 125, "capset": 126, "personality": 135,
-               "sched_setattr": 314, "sched_getattr": 315},
-    "aarch64": {"pivot_root": 41, "setns": 268, "seccomp": 277, "ioprio_set": 30,
-                "ioprio_get": 31, "capget": 90, "capset": 91, "personality": 92,
-                "sched_setattr": 274, "sched_getattr": 275},
-}
-
-SYS: dict[str, int] = {**_UNIFIED, **_PER_ARCH.get(_MACHINE, _PER_ARCH["x86_64"])}
-
-_syscall = libc.syscall
-_syscall.restype = ctypes.c_long
+#: System call numbers by name (``_sys.NUMBERS``).
+SYS: dict[str, int] = _sys.NUMBERS
+# A call the build machine's headers did not know: the kernel answers ENOSYS.
+_NO_SUCH_CALL = -1
 
 
-def check(result: int, call: str, detail: str = "") -> int:
-    """Raise :class:`KernelError` when a libc call returned -1."""
-    if result == -1:
-        raise KernelError(call, ctypes.get_errno(), detail)
-    return result
+def syscall(name: str, *args: int | bytes | bytearray | None, detail: str = "") -> int:
+    """Invoke a system call by name: ints, None (NULL) or buffers (passed by address,
+    a bytearray writable).  Raises KernelError naming the call and ``detail``."""
+    try:
+        return _sys.syscall(SYS.get(name, _NO_SUCH_CALL), *args)
+    except OSError as err:
+        raise KernelError(name, err.errno or 0, detail) from None
 
 
-def syscall(name: str, *args: object, detail: str = "") -> int:
-    """Invoke a raw system call by name, raising on failure."""
-    result = _syscall(ctypes.c_long(SYS[name]), *args)
-    if result == -1:
-        raise KernelError(name, ctypes.get_errno(), detail)
-    return result
+def try_syscall(name: str, *args: int | bytes | bytearray | None) -> int:
+    """Like :func:`syscall`, but returns ``-errno`` instead of raising."""
+    try:
+        return _sys.syscall(SYS.get(name, _NO_SUCH_CALL), *args)
+    except OSError as err:
+        return -(err.errno or 0)
 
 
 def errno_of(exc: BaseException) -> int:
@@ -60,7 +49,8 @@ def errno_of(exc: BaseException) -> int:
 
 
 def fsencode(path: str | bytes | None) -> bytes | None:
-    """Encode a path for C, passing None through as NULL."""
-    if path is None:
-        return None
-    return os.fsencode(path)
+    """Encode a path for C (``os.fsencode``; bytes objects end in a NUL for C), passing
+    None through as NULL."""
+    if path is None or isinstance(path, bytes):
+        return path
+    return path.encode("utf-8", "surrogateescape")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
+import struct
 
-from flatstack.kernel.libc import check, fsencode, libc, syscall
+from flatstack.kernel.libc import fsencode, syscall
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -41,21 +41,16 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
-libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                       ctypes.c_char_p]
-libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-
-
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
           data: str | None = None) -> None:
     """mount(2); raises KernelError naming the target on failure."""
-    check(libc.mount(fsencode(source), fsencode(target), fsencode(fstype), flags,
-                     fsencode(data)), "mount", f"{source} on {target}")
+    syscall("mount", fsencode(source), fsencode(target), fsencode(fstype), flags,
+            fsencode(data), detail=f"{source} on {target}")
 
 
 def umount(target: str, flags: int = 0) -> None:
     """umount2(2)."""
-    check(libc.umount2(fsencode(target), flags), "umount2", target)
+    syscall("umount2", fsencode(target), flags, detail=target)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -63,24 +58,21 @@ def pivot_root(new_root: str, put_old: str) -> None:
     syscall("pivot_root", fsencode(new_root), fsencode(put_old), detail=new_root)
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
+_OPEN_HOW = struct.Struct("=3Q")  # struct open_how: flags, mode, resolve
 
 
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
             resolve: int = RESOLVE_IN_ROOT) -> int:
     """openat2(2); by default resolves ``path`` as if ``dirfd`` were ``/``."""
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    return syscall("openat2", dirfd, fsencode(path), ctypes.byref(how),
-                   ctypes.sizeof(how), detail=path)
+    how = _OPEN_HOW.pack(flags | os.O_CLOEXEC, mode, resolve)
+    return syscall("openat2", dirfd, fsencode(path), how, len(how), detail=path)
 
 
 def fstatfs_type(fd: int) -> int:
     """``f_type`` of the filesystem ``fd`` is on (fstatfs(2))."""
-    buf = ctypes.create_string_buffer(128)  # struct statfs; f_type is the first long
-    check(libc.fstatfs(fd, buf), "fstatfs")
-    return ctypes.c_long.from_buffer(buf).value
+    buf = bytearray(128)  # struct statfs; f_type is the first long
+    syscall("fstatfs", fd, buf)
+    return int.from_bytes(buf[:8], "little", signed=True)
 
 
 def fd_path(fd: int) -> str:
@@ -102,9 +94,8 @@ MOUNT_ATTR_NOEXEC = 0x8
 MOUNT_ATTR_IDMAP = 0x100000
 
 
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+# struct mount_attr: attr_set, attr_clr, propagation, userns_fd
+_MOUNT_ATTR = struct.Struct("=4Q")
 
 
 def open_tree(dirfd: int, path: str, flags: int) -> int:
@@ -115,9 +106,9 @@ def open_tree(dirfd: int, path: str, flags: int) -> int:
 def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
                   propagation: int = 0, userns_fd: int = 0) -> None:
     """mount_setattr(2): change mount attributes, recursively with AT_RECURSIVE."""
-    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
-    syscall("mount_setattr", dirfd, fsencode(path), flags, ctypes.byref(attr),
-            ctypes.sizeof(attr), detail=path or fd_path(dirfd))
+    attr = _MOUNT_ATTR.pack(attr_set, attr_clr, propagation, userns_fd)
+    syscall("mount_setattr", dirfd, fsencode(path), flags, attr, len(attr),
+            detail=path or fd_path(dirfd))
 
 
 def move_mount(from_fd: int, from_path: str, to_fd: int, to_path: str, flags: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flatstack.kernel.libc import check, libc, syscall
+from flatstack.kernel.libc import syscall
 
 CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000
@@ -30,7 +30,7 @@ NAMESPACES: dict[str, tuple[int, str]] = {
 
 def unshare(flags: int) -> None:
     """unshare(2) the namespaces named by ``flags``."""
-    check(libc.unshare(flags), "unshare", hex(flags))
+    syscall("unshare", flags, detail=hex(flags))
 
 
 def setns(fd: int, nstype: int = 0) -> None:

@@ -2,16 +2,16 @@
 personality, OOM score, CPU affinity and close-on-exec sweeping.
 
 Everything here acts on the calling process (or thread) and is cheap to import:
-only ``os``, ``ctypes`` and :mod:`flatstack.kernel.libc`.
+only ``os``, ``struct`` and :mod:`flatstack.kernel.libc`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
+import struct
 
 from flatstack.errors import FlatstackError, KernelError
-from flatstack.kernel.libc import SYS, check, libc, syscall
+from flatstack.kernel.libc import fsencode, syscall, try_syscall
 from flatstack.kernel.names import RLIMITS
 
 TYPE_CHECKING = False
@@ -73,23 +73,10 @@ PERSONALITY_FLAGS: dict[str, int] = {
 }
 PERSONALITY_QUERY = 0xFFFFFFFF
 
-libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                       ctypes.c_ulong]
-libc.prctl.restype = ctypes.c_int
-libc.prlimit.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-libc.prlimit.restype = ctypes.c_int
-
-
-def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    """prctl(2), raising KernelError on failure."""
-    return check(libc.prctl(option, arg2, arg3, arg4, arg5), "prctl", str(option))
-
-
-def _raw(number: int, *args: object) -> int:
-    result = libc.syscall(ctypes.c_long(number), *args)
-    if result == -1:
-        return -ctypes.get_errno()
-    return result
+def prctl(option: int, arg2: int | bytes | bytearray = 0, arg3: int = 0, arg4: int = 0,
+          arg5: int = 0) -> int:
+    """prctl(2), raising KernelError on failure (a buffer ``arg2`` goes by address)."""
+    return syscall("prctl", option, arg2, arg3, arg4, arg5, detail=str(option))
 
 
 # -- prctl flags -------------------------------------------------------------
@@ -119,9 +106,9 @@ def set_pdeathsig(sig: int) -> None:
 
 
 def get_pdeathsig() -> int:
-    value = ctypes.c_int(0)
-    prctl(PR_GET_PDEATHSIG, ctypes.addressof(value))
-    return value.value
+    value = bytearray(4)
+    prctl(PR_GET_PDEATHSIG, value)
+    return int.from_bytes(value, "little", signed=True)
 
 
 def set_child_subreaper(on: bool = True) -> None:
@@ -135,15 +122,13 @@ def set_keepcaps(keep: bool) -> None:
 
 def set_name(comm: str) -> None:
     """The thread's comm (truncated by the kernel to 15 bytes)."""
-    buf = ctypes.create_string_buffer(os.fsencode(comm)[:15])
-    prctl(PR_SET_NAME, ctypes.addressof(buf))
+    prctl(PR_SET_NAME, (fsencode(comm) or b"")[:15])  # bytes end in a NUL for C
 
 
 # -- rlimits -----------------------------------------------------------------
 
 
-class _Rlimit(ctypes.Structure):
-    _fields_ = [("soft", ctypes.c_uint64), ("hard", ctypes.c_uint64)]
+_RLIMIT = struct.Struct("=2Q")  # struct rlimit64: soft, hard
 
 
 def _rlim(value: int) -> int:
@@ -152,9 +137,10 @@ def _rlim(value: int) -> int:
 
 def getrlimit(res: int) -> tuple[int, int]:
     """(soft, hard); unlimited is RLIM_INFINITY (2**64 - 1)."""
-    old = _Rlimit()
-    check(libc.prlimit(0, res, None, ctypes.byref(old)), "prlimit", str(res))
-    return old.soft, old.hard
+    old = bytearray(_RLIMIT.size)
+    syscall("prlimit64", 0, res, None, old, detail=str(res))
+    soft, hard = _RLIMIT.unpack(old)
+    return soft, hard
 
 
 def set_rlimits(limits: Iterable[tuple[int, int, int]], field: str = "process.rlimits") -> None:
@@ -164,13 +150,14 @@ def set_rlimits(limits: Iterable[tuple[int, int, int]], field: str = "process.rl
     hard limit needs CAP_SYS_RESOURCE, which a host may not grant at all).
     """
     for index, (res, soft, hard) in enumerate(limits):
-        new = _Rlimit(_rlim(soft), _rlim(hard))
-        if new.soft > new.hard:
+        if _rlim(soft) > _rlim(hard):
             why = "the soft limit exceeds the hard limit"
-        elif libc.prlimit(0, res, ctypes.byref(new), None) == 0:
-            continue
         else:
-            why = os.strerror(ctypes.get_errno()).lower()
+            result = try_syscall("prlimit64", 0, res, _RLIMIT.pack(_rlim(soft), _rlim(hard)),
+                                 None)
+            if result == 0:
+                continue
+            why = os.strerror(-result).lower()
         name = RLIMIT_NAMES.get(res, str(res))
         cur_soft, cur_hard = getrlimit(res)
         raise FlatstackError(
@@ -204,22 +191,35 @@ def ioprio_set(class_name: str, priority: int, pid: int = 0) -> None:
 
 def ioprio_get(pid: int = 0) -> tuple[int, int]:
     """(class, level) of a process."""
-    value = _raw(SYS["ioprio_get"], IOPRIO_WHO_PROCESS, pid)
+    value = try_syscall("ioprio_get", IOPRIO_WHO_PROCESS, pid)
     if value < 0:
         raise KernelError("ioprio_get", -value)
     return value >> IOPRIO_CLASS_SHIFT, value & 0x1FFF
 
 
-class SchedAttr(ctypes.Structure):
+_SCHED_ATTR = struct.Struct("=IIQiIQQQII")
+
+
+class SchedAttr:
     """struct sched_attr (SCHED_ATTR_SIZE_VER1, 56 bytes)."""
 
-    _fields_ = [
-        ("size", ctypes.c_uint32), ("sched_policy", ctypes.c_uint32),
-        ("sched_flags", ctypes.c_uint64), ("sched_nice", ctypes.c_int32),
-        ("sched_priority", ctypes.c_uint32), ("sched_runtime", ctypes.c_uint64),
-        ("sched_deadline", ctypes.c_uint64), ("sched_period", ctypes.c_uint64),
-        ("sched_util_min", ctypes.c_uint32), ("sched_util_max", ctypes.c_uint32),
-    ]
+    FIELDS = ("size", "sched_policy", "sched_flags", "sched_nice", "sched_priority",
+              "sched_runtime", "sched_deadline", "sched_period", "sched_util_min",
+              "sched_util_max")
+    SIZE = _SCHED_ATTR.size
+    __slots__ = FIELDS
+
+    def __init__(self, *values: int) -> None:
+        for name, value in zip(self.FIELDS, values or (self.SIZE,) + (0,) * 9, strict=True):
+            setattr(self, name, value)
+
+    def pack(self) -> bytes:
+        """The struct's bytes."""
+        return _SCHED_ATTR.pack(*(getattr(self, name) for name in self.FIELDS))
+
+    @classmethod
+    def unpack(cls, data: bytes | bytearray) -> SchedAttr:
+        return cls(*_SCHED_ATTR.unpack(data))
 
 
 def sched_attr(policy: str, nice: int = 0, priority: int = 0, flags: Iterable[str] = (),
@@ -234,25 +234,25 @@ def sched_attr(policy: str, nice: int = 0, priority: int = 0, flags: Iterable[st
         if bit is None:
             raise ValueError(f'unknown scheduler flag "{flag}"')
         mask |= bit
-    return SchedAttr(ctypes.sizeof(SchedAttr), number, mask, nice, priority, runtime,
-                     deadline, period, 0, 0)
+    return SchedAttr(SchedAttr.SIZE, number, mask, nice, priority, runtime, deadline, period,
+                     0, 0)
 
 
 def sched_setattr(policy: str, nice: int = 0, priority: int = 0, flags: Iterable[str] = (),
                   runtime: int = 0, deadline: int = 0, period: int = 0, pid: int = 0) -> None:
     """sched_setattr(2) on the calling thread (or ``pid``)."""
     attr = sched_attr(policy, nice, priority, flags, runtime, deadline, period)
-    result = _raw(SYS["sched_setattr"], pid, ctypes.byref(attr), 0)
+    result = try_syscall("sched_setattr", pid, attr.pack(), 0)
     if result < 0:
         raise KernelError("sched_setattr", -result, policy)
 
 
 def sched_getattr(pid: int = 0) -> SchedAttr:
-    attr = SchedAttr()
-    result = _raw(SYS["sched_getattr"], pid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    buf = bytearray(SchedAttr.SIZE)
+    result = try_syscall("sched_getattr", pid, buf, len(buf), 0)
     if result < 0:
         raise KernelError("sched_getattr", -result)
-    return attr
+    return SchedAttr.unpack(buf)
 
 
 def personality_value(domain: str, flags: Iterable[str] = ()) -> int:
@@ -270,12 +270,11 @@ def personality_value(domain: str, flags: Iterable[str] = ()) -> int:
 
 def personality(domain: str, flags: Iterable[str] = ()) -> int:
     """Set the execution domain; returns the previous personality."""
-    return syscall("personality", ctypes.c_ulong(personality_value(domain, flags)),
-                   detail=domain)
+    return syscall("personality", personality_value(domain, flags), detail=domain)
 
 
 def get_personality() -> int:
-    return syscall("personality", ctypes.c_ulong(PERSONALITY_QUERY))
+    return syscall("personality", PERSONALITY_QUERY)
 
 
 # -- OOM score, CPU affinity ---------------------------------------------------
@@ -327,8 +326,8 @@ def close_fds_from(first: int, keep: set[int] | frozenset[int] = frozenset(), *,
     for fd in [*sorted(k for k in keep if k >= first), None]:
         end = 0xFFFFFFFF if fd is None else fd - 1
         if end >= start:
-            result = _raw(SYS["close_range"], ctypes.c_uint(start), ctypes.c_uint(end),
-                          ctypes.c_uint(0 if now else CLOSE_RANGE_CLOEXEC))
+            result = try_syscall("close_range", start, end,
+                                 0 if now else CLOSE_RANGE_CLOEXEC)
             if result < 0:
                 _cloexec_walk(start, end, now)
         if fd is not None:

@@ -109,7 +109,7 @@ def _propagation_flags() -> dict[str, int]:
 
 
 def __getattr__(name: str) -> Any:
-    """Build the MS_* tables on first use (kernel.mount imports ctypes)."""
+    """Build the MS_* tables on first use (kernel.mount loads the syscall extension)."""
     if name == "MOUNT_FLAGS":
         value: Any = _mount_flags()
     elif name == "PROPAGATION_FLAGS":

@@ -263,16 +263,16 @@ def _loopback_up() -> None:
 
 
 def _set_names(config: dict[str, Any]) -> None:
-    from flatstack.kernel.libc import check, libc
+    from flatstack.kernel.libc import syscall
 
     hostname = config.get("hostname")
     if hostname is not None:
         data = hostname.encode()
-        check(libc.sethostname(data, len(data)), "sethostname", hostname)
+        syscall("sethostname", data, len(data), detail=hostname)
     domainname = config.get("domainname")
     if domainname is not None:
         data = domainname.encode()
-        check(libc.setdomainname(data, len(data)), "setdomainname", domainname)
+        syscall("setdomainname", data, len(data), detail=domainname)
 
 
 def _apply_sysctl(sysctl: dict[str, str]) -> None:

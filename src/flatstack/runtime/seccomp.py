@@ -27,11 +27,10 @@ Semantics follow runc:
 
 from __future__ import annotations
 
-import ctypes
 import os
 
 from flatstack.errors import KernelError, SeccompError
-from flatstack.kernel.libc import syscall
+from flatstack.kernel.libc import _sys, syscall
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -536,10 +535,6 @@ def _write_cache(cache_dir: str, path: str, program: bytes) -> None:
 # --------------------------------------------------------------------------- install
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
 def install_filter(bpf: bytes, flags: int = 0) -> int:
     """Load ``bpf`` for the calling thread with ``seccomp(SECCOMP_SET_MODE_FILTER)``.
 
@@ -550,14 +545,11 @@ def install_filter(bpf: bytes, flags: int = 0) -> int:
     count = len(bpf) // 8
     if not bpf or len(bpf) % 8 or count > BPF_MAXINSNS:
         raise SeccompError(f"{_FIELD}: not a BPF program ({len(bpf)} bytes)")
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _SockFprog(count, ctypes.addressof(buf))
     try:
-        result = syscall("seccomp", ctypes.c_ulong(SECCOMP_SET_MODE_FILTER),
-                         ctypes.c_ulong(flags), ctypes.byref(prog))
-    except KernelError as err:
-        raise SeccompError(f"{_FIELD}: loading the filter: {_install_reason(err.errno, flags)}"
-                           ) from None
+        result = _sys.seccomp_filter(flags, bpf)
+    except OSError as err:
+        raise SeccompError(f"{_FIELD}: loading the filter: "
+                           f"{_install_reason(err.errno or 0, flags)}") from None
     if flags & FLAG_NEW_LISTENER:
         return result
     if result:

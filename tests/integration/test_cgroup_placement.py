@@ -1,10 +1,11 @@
 """How ``create`` puts the container into its cgroup: with no ``cgroup.procs`` write.
 
 A ``cgroup.procs`` write waits for an RCU grace period (5-23 ms here).  flatrun forks
-stage one with ``clone3(CLONE_INTO_CGROUP)`` into the cgroup2 directory and lets it
-join its v1 directories itself through ``tasks``; the init it forks is born there.
-The trace of a real ``create`` shows which files were written; /proc shows where the
-init ended up.
+its first child with ``clone3(CLONE_INTO_CGROUP)`` into the cgroup2 directory and lets
+it join its v1 directories itself through ``tasks``.  With nothing to join and no user
+namespace, that child is born in its new namespaces and is the init (no stage one).
+The trace of a real ``create`` shows which files were written and which processes were
+made; /proc shows where the init ended up.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from pathlib import Path
 
 from flatstack.runtime.cgroups import _fs
 from tests.conftest import Bundles, Flatrun, cgroup_dirs
+from tests.integration.test_userns import _userns
 
 
-def _traced_create(flatrun: Flatrun, bundle: str, cid: str, tmp: Path) -> tuple[str, str]:
+def _traced_create(flatrun: Flatrun, bundle: str, cid: str, tmp: Path,
+                   calls: str = "clone3,openat") -> tuple[str, str]:
     """create under ``strace -f``, then start (strace follows the init until it exits).
     Returns the trace and the init's /proc/PID/cgroup as it was after create."""
     trace = tmp / "create.trace"
     with open(tmp / "create.out", "w") as out:
         tracer = subprocess.Popen(
-            ["strace", "-f", "-qq", "-e", "trace=clone3,openat", "-o", str(trace),
+            ["strace", "-f", "-qq", "-e", f"trace={calls}", "-o", str(trace),
              flatrun.binary, "--root", flatrun.root, "create", "--bundle", bundle, cid],
             stdout=out, stderr=out)
         deadline = time.monotonic() + 30
@@ -56,14 +59,14 @@ def test_init_enters_its_cgroup_without_a_procs_write(flatrun: Flatrun, make_bun
     joined = [w for w in writes if w.endswith("/tasks") and cid in w]
     assert len(joined) == len(v1), (joined, v1)
     if v2:
-        assert re.search(r"clone3\(\{flags=CLONE_INTO_CGROUP\b", text), text
+        assert re.search(r"clone3\(\{flags=[A-Z_|]*CLONE_INTO_CGROUP\b", text), text
     flatrun("delete", cid)
     assert cgroup_dirs(cid) == []
 
 
 def test_pids_limit_of_one_still_places_the_init(flatrun: Flatrun, make_bundle: Bundles,
                                                  tmp_path: Path) -> None:
-    """No room for stage one beside the init: the parent moves the init instead."""
+    """Only the init fits: it is cloned straight into the cgroup, no stage one."""
     bundle = make_bundle(["sh", "-c", "exit 3"])
     config_path = Path(bundle) / "config.json"
     config = json.loads(config_path.read_text())
@@ -106,3 +109,45 @@ def test_delete_kills_what_the_init_left_in_its_cgroup(flatrun: Flatrun, make_bu
     for pid in left:
         assert not Path(f"/proc/{pid}").exists() or \
             Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def _clones(text: str) -> list[tuple[str, int]]:
+    """(flags, child pid) of every clone/clone3/fork in a trace."""
+    found = re.findall(r"\b(?:clone3\(\{flags=|clone\(child_stack=\w+, flags=)([A-Z_|0-9x]+)"
+                       r"[^\n]*= (\d+)$", text, re.M)
+    return [(flags, int(pid)) for flags, pid in found]
+
+
+def test_init_is_cloned_into_its_namespaces(flatrun: Flatrun, make_bundle: Bundles,
+                                             tmp_path: Path) -> None:
+    bundle = make_bundle(["true"])  # new pid, mount, net, ipc, uts and cgroup namespaces
+    cid = flatrun.new_id()
+    text, _ = _traced_create(flatrun, bundle, cid, tmp_path, "clone,clone3,unshare,execve")
+    runtime_clones = _clones(text)
+    # One process made by create: born in its namespaces; nothing unshared them later
+    # but the cgroup namespace, which the init enters once it is placed.
+    assert len(runtime_clones) == 1, text
+    flags, child = runtime_clones[0]
+    assert {"CLONE_NEWNS", "CLONE_NEWPID", "CLONE_NEWNET", "CLONE_NEWIPC",
+            "CLONE_NEWUTS"} <= set(flags.split("|")), flags
+    assert "CLONE_NEWCGROUP" not in flags
+    unshared = re.findall(r"unshare\(([A-Z_|]+)\)", text)
+    assert unshared == ["CLONE_NEWCGROUP"], unshared
+    assert re.search(rf"^{child} +execve\(", text, re.M), text  # the init itself ran it
+    flatrun("delete", cid)
+
+
+def test_a_user_namespace_keeps_stage_one(flatrun: Flatrun, make_bundle: Bundles,
+                                          tmp_path: Path) -> None:
+    """Id maps are written from outside between unshare and the rest: two stages."""
+    bundle = make_bundle(["true"], edit=_userns)
+    cid = flatrun.new_id()
+    text, _ = _traced_create(flatrun, bundle, cid, tmp_path, "clone,clone3,unshare,execve")
+    placed = [(flags, pid) for flags, pid in _clones(text) if "CLONE_INTO_CGROUP" in flags]
+    assert len(placed) == 1 and "CLONE_NEWPID" not in placed[0][0], text
+    stage_one = [placed[0][1]]
+    # Stage one enters the user namespace, then the others, and forks the init.
+    assert re.search(rf"^{stage_one[0]} +unshare\(CLONE_NEWUSER\)", text, re.M), text
+    assert re.search(rf"^{stage_one[0]} +unshare\([A-Z_|]*CLONE_NEWPID", text, re.M), text
+    assert not re.search(rf"^{stage_one[0]} +execve\(", text, re.M), text
+    flatrun("delete", cid)

@@ -63,11 +63,11 @@ def test_bad_arguments_are_type_errors() -> None:
         _sys.syscall(_sys.NUMBERS["prctl"], 1 << 70)
 
 
-def test_fork_into_cgroup_refuses_a_non_cgroup_fd() -> None:
+def test_clone3_into_a_non_cgroup_fd_is_refused() -> None:
     fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(OSError) as info:
-            _sys.fork_into_cgroup(fd)  # no child is made
+            _sys.clone3(0, fd)  # no child is made
     finally:
         os.close(fd)
     assert info.value.errno in (9, 22)  # EBADF (not cgroup2), EINVAL

@@ -116,28 +116,32 @@ struct clone_args_v2 {
 
 #define FLATSTACK_CLONE_INTO_CGROUP 0x200000000ULL
 
-PyDoc_STRVAR(fork_into_cgroup_doc,
-"fork_into_cgroup(cgroup_fd) -> int\n\n"
-"Fork with clone3(CLONE_INTO_CGROUP): the child starts in the cgroup2 directory\n"
-"`cgroup_fd`.  Returns 0 in the child and its pid in the parent, with the\n"
-"interpreter's fork bookkeeping (PyOS_BeforeFork and AfterFork) around the\n"
-"call, as os.fork does.  Raises OSError, making no child, when the kernel\n"
-"refuses.  Only for a single-threaded caller (the C library's fork handlers\n"
-"do not run).");
+PyDoc_STRVAR(clone3_doc,
+"clone3(flags, cgroup_fd=-1) -> int\n\n"
+"Fork with clone3(2): `flags` are CLONE_NEW* namespace flags; with a cgroup_fd,\n"
+"CLONE_INTO_CGROUP starts the child in that cgroup2 directory.  Returns 0 in the\n"
+"child and its pid in the parent, with the interpreter's fork bookkeeping\n"
+"(PyOS_BeforeFork and AfterFork) around the call, as os.fork does.  Raises\n"
+"OSError, making no child, when the kernel refuses.  Only for a single-threaded\n"
+"caller (the C library's fork handlers do not run).");
 
-static PyObject *sys_fork_into_cgroup(PyObject *self, PyObject *arg)
+static PyObject *sys_clone3(PyObject *self, PyObject *args)
 {
     struct clone_args_v2 ca = {0};
-    long fd = PyLong_AsLong(arg);
+    unsigned long long flags;
+    int fd = -1;
     long pid;
     int saved;
 
-    if (fd == -1 && PyErr_Occurred())
+    if (!PyArg_ParseTuple(args, "K|i", &flags, &fd))
         return NULL;
 #ifdef SYS_clone3
-    ca.flags = FLATSTACK_CLONE_INTO_CGROUP;
+    ca.flags = flags;
+    if (fd >= 0) {
+        ca.flags |= FLATSTACK_CLONE_INTO_CGROUP;
+        ca.cgroup = (uint64_t)fd;
+    }
     ca.exit_signal = SIGCHLD;
-    ca.cgroup = (uint64_t)fd;
     PyOS_BeforeFork();
     pid = syscall(SYS_clone3, &ca, sizeof(ca));
     if (pid == 0) {
@@ -152,7 +156,7 @@ static PyObject *sys_fork_into_cgroup(PyObject *self, PyObject *arg)
     }
     return PyLong_FromLong(pid);
 #else
-    (void)ca; (void)pid; (void)saved;
+    (void)ca; (void)pid; (void)saved; (void)flags;
     errno = ENOSYS;
     return PyErr_SetFromErrno(PyExc_OSError);
 #endif
@@ -195,7 +199,7 @@ static PyObject *sys_seccomp_filter(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"syscall", sys_syscall, METH_VARARGS, syscall_doc},
-    {"fork_into_cgroup", sys_fork_into_cgroup, METH_O, fork_into_cgroup_doc},
+    {"clone3", sys_clone3, METH_VARARGS, clone3_doc},
     {"seccomp_filter", sys_seccomp_filter, METH_VARARGS, seccomp_filter_doc},
     {NULL, NULL, 0, NULL},
 };

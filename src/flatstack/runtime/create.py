@@ -6,7 +6,7 @@ import os
 
 from flatstack.errors import FlatstackError
 from flatstack.kernel import ns
-from flatstack.runtime.init import LaunchPlan, preload, stage_one
+from flatstack.runtime.init import LaunchPlan, direct_init, preload, stage_one
 from flatstack.runtime.state import Container, process_start_time, rfc3339_now
 from flatstack.runtime.sync import Channel
 
@@ -279,15 +279,19 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
     born_in_cgroup = first is not None
     if first is None:
         preload(plan)
-        first, born_in_cgroup = _fork_stage_one(plan, cgroup, linux, rootless)
+        first, born_in_cgroup, is_init = _fork_child(plan, cgroup, linux, rootless)
         if first == 0:
             parent_end.close()
+            if is_init:
+                direct_init(plan)
             stage_one(plan)
+    else:
+        is_init = False
     cleanup.pids.append(first)
     child_end.close()
     plan.close_parent_copies()
     try:
-        init_pid = _drive_stage_one(parent_end, plan, first, linux)
+        init_pid = first if is_init else _drive_stage_one(parent_end, plan, first, linux)
         cleanup.pids = [init_pid]
         if cgroup is not None and not born_in_cgroup:
             cgroup.add_pid(init_pid)
@@ -374,32 +378,44 @@ def _drive_stage_one(channel: Channel, plan: LaunchPlan, first: int,
     return int(init_pid)
 
 
-def _fork_stage_one(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
-                    rootless: bool) -> tuple[int, bool]:
-    """Fork stage one, where possible already in the container's cgroup: born in the
-    cgroup2 one (clone3) and joining the v1 ones itself, so nobody writes a
-    ``cgroup.procs`` file and waits for an RCU grace period.  Returns the pid (0 in
-    the child) and whether the child is placed."""
+def _fork_child(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
+                rootless: bool) -> tuple[int, bool, bool]:
+    """Fork the first child; returns its pid (0 in the child), whether it is placed in
+    the container's cgroup and whether it is the init itself.
+
+    Where it can, the child is born in the cgroup: clone3 into the cgroup2 directory,
+    and it joins the v1 ones itself (``tasks``), so nobody writes a ``cgroup.procs``
+    file and waits for an RCU grace period.  With no namespace to join and no user or
+    time namespace to set up from outside, it is also born in its new namespaces and
+    is the init (as crun does): no stage one to fork, wait for and reap."""
+    if rootless:
+        return os.fork(), False, False
+    from flatstack.kernel.clone import clone3, single_threaded
     from flatstack.runtime.cgroups.base import room_for_a_helper
 
-    if cgroup is None or rootless or not room_for_a_helper(linux.get("resources") or {}):
-        return os.fork(), False
-    from flatstack.kernel.clone import fork_into_cgroup, single_threaded
-
     if not single_threaded():
-        return os.fork(), False
-    v2_dir, v1_dirs = cgroup.birth_places()
-    plan.join_tasks = v1_dirs
-    if v2_dir is None:
-        return os.fork(), True
-    fd = os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.fork(), False, False
+    direct = not (plan.joins or plan.mount_trees
+                  or plan.new_flags & (ns.CLONE_NEWUSER | ns.CLONE_NEWTIME))
+    # The cgroup namespace comes last, once the init is placed (init._CgroupGate).
+    namespaces = plan.new_flags & ~ns.CLONE_NEWCGROUP if direct else 0
+    if cgroup is None or not (direct or room_for_a_helper(linux.get("resources") or {})):
+        if not direct:
+            return os.fork(), False, False
+        v2_dir, plan.join_tasks = None, []
+    else:
+        v2_dir, plan.join_tasks = cgroup.birth_places()
+    fd = None if v2_dir is None else os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY |
+                                             os.O_CLOEXEC)
     try:
-        return fork_into_cgroup(fd), True
+        return clone3(namespaces, fd), cgroup is not None, direct
     except OSError:
+        # Stage one unshares (and reports a refusal) and the parent places the init.
         plan.join_tasks = []
-        return os.fork(), False
+        return os.fork(), False, False
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,

@@ -101,18 +101,38 @@ def _fail(channel: Channel, err: BaseException) -> None:
     os._exit(1)
 
 
+def _enter_child(plan: LaunchPlan) -> None:
+    """A forked child's first steps: drop the parent's descriptors, join the v1
+    cgroups it was not born in (``plan.join_tasks``)."""
+    for fd in plan.close_in_child:
+        os.close(fd)
+    plan.drop_inherited_fds()
+    if plan.join_tasks:
+        from flatstack.runtime.cgroups._fs import join_self
+
+        for directory in plan.join_tasks:
+            join_self(directory)
+
+
+def direct_init(plan: LaunchPlan) -> None:
+    """The init when the parent cloned it straight into its new namespaces (and
+    cgroup; ``create._fork_child``): what stage one would have done for it, then stage
+    two.  Never returns."""
+    try:
+        _enter_child(plan)
+        from flatstack.kernel import proc
+
+        proc.set_dumpable(False)
+    except BaseException as err:
+        _fail(plan.channel, err)
+    stage_two(plan)
+
+
 def stage_one(plan: LaunchPlan) -> None:
     """First child: namespaces, then fork PID 1 (or become it).  Never returns."""
     channel = plan.channel
     try:
-        for fd in plan.close_in_child:
-            os.close(fd)
-        plan.drop_inherited_fds()
-        if plan.join_tasks:
-            from flatstack.runtime.cgroups._fs import join_self
-
-            for directory in plan.join_tasks:
-                join_self(directory)
+        _enter_child(plan)
         if "rootfs" in plan.mount_trees:
             os.chdir(plan.rootfs)  # still host root: the tree is attached on the cwd
         for flag, path in plan.joins:

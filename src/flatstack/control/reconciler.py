@@ -318,9 +318,10 @@ class Reconciler(BackgroundLoop):
     def _doom(self, inst: Instance, reason: str, message: str, *, event: bool = True,
               numbers: dict[str, Any] | None = None, grace: float = 0.0) -> None:
         """Take ``inst`` out of service now; once the pass has rebuilt the endpoint, it is
-        stopped (after ``DRAIN`` s if it was serving and has a grace period: connections
-        in flight finish) and removed in the background."""
-        drain = min(DRAIN, grace) if inst.ready and grace > 0 else 0.0
+        stopped (after ``DRAIN`` s if it was serving, or was until it was ejected, and
+        has a grace period: connections in flight finish) and removed in the
+        background."""
+        drain = min(DRAIN, grace) if (inst.ready or inst.ejected) and grace > 0 else 0.0
         inst.doomed = reason
         if inst.prober is not None:
             inst.prober.stop()
@@ -358,14 +359,14 @@ class Reconciler(BackgroundLoop):
         mine = [i for i in mine if not i.ejected]
         current = [i for i in mine if i.generation == generation and i.exited is None]
         old = [i for i in mine if i.generation != generation and i.exited is None]
-        if ejected and sum(1 for i in current + old if i.ready) >= stored.replicas:
-            for inst in ejected:
-                self._doom(inst, "Replaced", f"ejected instance {inst.name} stopped: its "
-                           "replacement is ready", grace=0.0)
-        pending = self.pending.get(name, 0)
-        want = stored.replicas
         grace = float(DEFAULT_GRACE if app.spec.termination_grace_period_seconds is None
                       else app.spec.termination_grace_period_seconds)
+        if ejected and sum(1 for i in current + old if i.ready) >= stored.replicas:
+            for inst in ejected:  # requests it took before it was ejected still finish
+                self._doom(inst, "Replaced", f"ejected instance {inst.name} stopped: its "
+                           "replacement is ready", grace=grace)
+        pending = self.pending.get(name, 0)
+        want = stored.replicas
         rolling = app.spec.rolling_update
         have = len(current) + len(kept) + pending
         if old and rolling is None:  # Recreate: everything old goes first

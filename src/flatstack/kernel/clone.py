@@ -38,8 +38,3 @@ def clone3(namespaces: int = 0, cgroup_fd: int | None = None) -> int:
     except OSError as err:
         what = "clone3(CLONE_INTO_CGROUP)" if cgroup_fd is not None else "clone3"
         raise OSError(err.errno, f"{what}: {os.strerror(err.errno or 0)}") from None
-
-
-def fork_into_cgroup(cgroup_fd: int) -> int:
-    """:func:`clone3` into the cgroup2 directory ``cgroup_fd``, with no new namespace."""
-    return clone3(0, cgroup_fd)

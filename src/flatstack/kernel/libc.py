@@ -8,6 +8,8 @@ machine it was built on.
 
 from __future__ import annotations
 
+import os
+
 from flatstack.errors import FlatstackError, KernelError
 
 try:
@@ -49,8 +51,5 @@ def errno_of(exc: BaseException) -> int:
 
 
 def fsencode(path: str | bytes | None) -> bytes | None:
-    """Encode a path for C (``os.fsencode``; bytes objects end in a NUL for C), passing
-    None through as NULL."""
-    if path is None or isinstance(path, bytes):
-        return path
-    return path.encode("utf-8", "surrogateescape")
+    """Encode a path for C (bytes objects end in a NUL), passing None through as NULL."""
+    return None if path is None else os.fsencode(path)

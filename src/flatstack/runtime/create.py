@@ -399,12 +399,12 @@ def _fork_child(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
                   or plan.new_flags & (ns.CLONE_NEWUSER | ns.CLONE_NEWTIME))
     # The cgroup namespace comes last, once the init is placed (init._CgroupGate).
     namespaces = plan.new_flags & ~ns.CLONE_NEWCGROUP if direct else 0
-    if cgroup is None or not (direct or room_for_a_helper(linux.get("resources") or {})):
-        if not direct:
-            return os.fork(), False, False
+    if cgroup is not None and (direct or room_for_a_helper(linux.get("resources") or {})):
+        v2_dir, plan.join_tasks = cgroup.birth_places()
+    elif direct:  # no cgroup to be born in
         v2_dir, plan.join_tasks = None, []
     else:
-        v2_dir, plan.join_tasks = cgroup.birth_places()
+        return os.fork(), False, False
     fd = None if v2_dir is None else os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY |
                                              os.O_CLOEXEC)
     try:

@@ -86,7 +86,6 @@ NOTIFY_FORBIDDEN = frozenset({
     "brk", "mmap", "munmap", "futex",
 })
 
-SECCOMP_SET_MODE_FILTER = 1
 BPF_MAXINSNS = 4096
 _EPERM = 1
 _ENOSYS = 38

@@ -65,28 +65,6 @@ class FlatstackDaemon(PrivateDaemon):
         self.api().call("POST", path("images", "import"),
                         body={"path": str(layout), "name": IMAGE})
 
-    def settle(self, timeout: float = 1.0) -> bool:
-        """Wait (untimed) until the node is idle: its supervisor has made its zygote.
-
-        A zygote is made in the gaps between requests and holds the kernel's cgroup lock
-        for a grace period meanwhile (engine/zygotes.py); settling before every sample,
-        whoever's, keeps that out of every measurement. False after ``timeout`` (zygotes
-        off or unavailable: nothing to wait for)."""
-        from flatstack.engine.client import SupervisorClient
-        from flatstack.errors import FlatstackError
-
-        client = SupervisorClient(str(self.run_dir / "supervisor.sock"), timeout=5)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if client.call("ping").get("zygote"):
-                    return True
-            except FlatstackError:
-                pass
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-
     def run_rm(self, network: str, command: list[str] | None = None) -> float:
         """One foreground ``run --rm`` request (what the CLI sends); its wall time."""
         body = {"image": IMAGE, "command": command or ["true"], "network": network,

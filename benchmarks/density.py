@@ -20,7 +20,7 @@ Method (all from /proc and cgroupfs, no estimate from process lists alone):
 - ``overhead`` = ``used`` - ``own``: what running the container costs the host beyond its
   own processes. This is the issue's number (target <= 1 MiB for flatstack).
 - ``engine_pss``: growth of the proportional set size of the engine's own processes
-  (flatstack: daemon, supervisor, its parked zygote and any descendants outside
+  (flatstack: daemon, supervisor and any descendants outside
   container cgroups; podman: the conmon processes and their descendants outside
   container cgroups), per container: the user-space part of ``overhead``, insensitive
   to other activity on the host.

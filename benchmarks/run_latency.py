@@ -16,10 +16,6 @@ One run, interleaved (every iteration runs each tool once, per network), image p
   through the wrapper that hides the hybrid cgroup2 mount (MACHINE-NOTES).
 
 flatstack's daemon runs on a temporary state dir with a private bridge and subnet.
-Before every sample (any tool's) the benchmark waits, untimed, until flatstack's
-supervisor is idle with its zygote made (engine/zygotes.py): each run starts on a quiet
-node, and the zygote's making never overlaps another tool's measurement.
-``FLATSTACK_ZYGOTE=0`` measures flatstack without zygotes.
 Ratios are medians relative to podman+crun on the same network (target: API >= 5x).
 Output: a table on stdout and a JSON document (``--out``).
 """
@@ -44,14 +40,12 @@ NETWORKS = ("none", "bridge")
 
 
 def measure(iterations: int, podman: bool, networks: tuple[str, ...],
-            cli: bool = True, settle: bool = True) -> dict[str, object]:
-    """Run the benchmark; the JSON document. ``settle``: start every sample on an idle
-    node (else back to back: a zygote is then rarely ready)."""
+            cli: bool = True) -> dict[str, object]:
+    """Run the benchmark; the JSON document."""
     work = Path(tempfile.mkdtemp(prefix="fsrl-"))
     work.chmod(0o755)
     daemon = FlatstackDaemon(work)
     peers: list[Podman] = []
-    zygotes_ready = 0
     samples: dict[str, dict[str, list[float]]] = {}
     started = time.monotonic()
     try:
@@ -71,8 +65,6 @@ def measure(iterations: int, podman: bool, networks: tuple[str, ...],
                 fn(network)
             for _ in range(iterations):
                 for name, fn in tools.items():
-                    if settle:  # every sample starts on an idle node (see the docstring)
-                        zygotes_ready += daemon.settle()
                     samples.setdefault(name, {}).setdefault(network, []).append(fn(network))
     finally:
         for tool in (daemon, *peers):
@@ -89,7 +81,6 @@ def measure(iterations: int, podman: bool, networks: tuple[str, ...],
             if ref:
                 row["speedup_vs_podman_crun"] = round(ref["median_ms"] / row["median_ms"], 2)
     return {"benchmark": "run_latency", "iterations": iterations, "machine": machine(),
-            "settled": settle, "samples_after_a_ready_zygote": zygotes_ready,
             "duration_s": round(time.monotonic() - started, 1), "results": results,
             "samples_ms": {name: {net: [round(x * 1000, 2) for x in s]
                                   for net, s in by_net.items()}
@@ -116,8 +107,6 @@ def main() -> int:
                         help="comma-separated: none, bridge")
     parser.add_argument("--no-podman", action="store_true", help="flatstack only")
     parser.add_argument("--no-cli", action="store_true", help="skip the CLI subprocess")
-    parser.add_argument("--no-settle", action="store_true",
-                        help="back to back: do not wait for an idle node between samples")
     parser.add_argument("--out", default=str(REPO / "results" / "run_latency.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -127,8 +116,7 @@ def main() -> int:
     networks = tuple(args.networks.split(","))
     if bad := [n for n in networks if n not in NETWORKS]:
         sys.exit(f"--networks: unknown {bad}, expected none and/or bridge")
-    doc = measure(args.iterations, not args.no_podman, networks, cli=not args.no_cli,
-                  settle=not args.no_settle)
+    doc = measure(args.iterations, not args.no_podman, networks, cli=not args.no_cli)
     print_table(doc)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -209,17 +209,6 @@ class Engine:
         self.ensure_supervisor()
         return self._client.call(op, **args)
 
-    def _next_id(self) -> str:
-        """A new container id: the supervisor's next one (its parked zygote's, if any)."""
-        try:
-            cid = self._call("next_id")
-        except FlatstackError:
-            cid = None
-        if isinstance(cid, str) and len(cid) == 64 and all(c in _HEX for c in cid) \
-                and not os.path.exists(self._cdir(cid)):
-            return cid
-        return secrets.token_hex(32)
-
     @contextlib.contextmanager
     def _flock(self, name: str) -> Iterator[None]:
         os.makedirs(self.state_dir, mode=0o711, exist_ok=True)
@@ -386,7 +375,7 @@ class Engine:
         cfg = image.config.get("config") or {}
         argv = specs.command(cfg, opts.entrypoint, opts.command)
         env = specs.merge_env(list(cfg.get("Env") or []), list(opts.env))
-        cid = self._next_id()
+        cid = secrets.token_hex(32)
         cdir = self._cdir(cid)
         undo: list[Callable[[], Any]] = []
         try:

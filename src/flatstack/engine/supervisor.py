@@ -32,9 +32,7 @@ log until the exit record appears sees every line. With a terminal
 
 Requests (``{"op": ..., **args}``; the reply's ``result``):
 
-- ``ping`` -> ``{"pid", "zygote"}`` (``zygote``: one is parked and its id not handed out)
-- ``next_id`` -> the id to give the next container: a parked zygote's (once), which
-  then starts it without a ``cgroup.procs`` write (``engine/zygotes.py``), else a new one
+- ``ping`` -> ``{"pid"}``
 - ``start(id, bundle, log, log_max_size=10 MiB, log_max_files=3,
   console_socket=None)`` -> status. ``log_max_files`` counts the live file too
   (``log``, ``log.1``, ``log.2``). With ``console_socket`` the bundle's
@@ -75,7 +73,6 @@ from typing import Any
 
 from flatstack._atomic import write_json
 from flatstack.engine.logs import LogWriter, check_options
-from flatstack.engine.zygotes import ZygoteKeeper
 from flatstack.errors import FlatstackError
 
 RECORD = "record.json"
@@ -83,8 +80,6 @@ EXIT = "exit.json"
 FIFOS = {"stdout": "stdout.fifo", "stderr": "stderr.fifo"}
 EXEC_OUTPUT_LIMIT = 16 << 20
 READ_CHUNK = 65536
-#: Requests that only read: they do not delay the making of a zygote (engine/zygotes.py).
-_QUERIES = frozenset({"ping", "status", "list", "wait", "next_id"})
 
 
 class _Logs:
@@ -131,8 +126,6 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self._conn: socket.socket | None = None  # the request being handled
-        self.zygotes = ZygoteKeeper(state_dir)
-        self.last_busy = time.monotonic()  # last work that a zygote's making would delay
 
     # -- records ----------------------------------------------------------------
     def _dir(self, cid: str) -> str:
@@ -268,13 +261,8 @@ class Supervisor:
                     reads, writes = self._make_fifos(cid)
                 opts = CreateOptions(root=self.runtime_root, container_id=cid, bundle=bundle,
                                      console_socket=console_socket)
-                zygote = self.zygotes.take(cid)
-                try:
-                    with _stdio(null_fd, writes[0], writes[1]):
-                        container = create(opts, subreaper=True, zygote=zygote)
-                finally:
-                    if zygote is not None:
-                        zygote.settle()
+                with _stdio(null_fd, writes[0], writes[1]):
+                    container = create(opts, subreaper=True)
             finally:
                 for fd in {null_fd, *writes}:
                     os.close(fd)
@@ -426,8 +414,6 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            self.zygotes.reaped(pid)
-            self.last_busy = time.monotonic()
             self.detached.pop(pid, None)
             session = self.execs.pop(pid, None)
             if session is not None:
@@ -601,9 +587,7 @@ class Supervisor:
     def handle(self, request: dict[str, Any]) -> Any:
         op = request.get("op")
         if op == "ping":
-            return {"pid": os.getpid(), "zygote": self.zygotes.ready()}
-        if op == "next_id":
-            return self.zygotes.next_id()
+            return {"pid": os.getpid()}
         if op == "start":
             return self.start_container(
                 request["id"], request["bundle"], request["log"],
@@ -666,8 +650,6 @@ class Supervisor:
             self._conn = None
         if reply.get("result") is not DEFERRED:
             _reply(conn, reply)
-        if not isinstance(request, dict) or request.get("op") not in _QUERIES:
-            self.last_busy = time.monotonic()  # idle is counted from the end of real work
 
     def serve(self) -> None:
         """Run until a shutdown request (containers keep running after it)."""
@@ -698,19 +680,13 @@ class Supervisor:
         server.listen(64)
         self.selector.register(server, selectors.EVENT_READ, self._accept)
         self.selector.register(wake_r, selectors.EVENT_READ, lambda fd: _drain(fd))
-        self.zygotes.recover()
         self.adopt()
         self.reap()
         while not self.stopping:
-            due = self.zygotes.due(self.last_busy)
-            for key, _ in self.selector.select(timeout=1.0 if due is None else min(due, 1.0)):
+            for key, _ in self.selector.select(timeout=1.0):
                 if self.selector.get_map().get(key.fileobj) is key:  # not closed meanwhile
                     key.data(key.fileobj)
             self.reap()
-            due = self.zygotes.due(self.last_busy)
-            if due is not None and due <= 0 and not self.stopping:
-                self.zygotes.idle()
-        self.zygotes.discard()
         server.close()
         try:
             os.unlink(self.socket_path)

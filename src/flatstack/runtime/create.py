@@ -14,8 +14,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from flatstack.runtime.zygote import Zygote
-
 SECCOMP_CACHE = ".seccomp-cache"
 
 # Sysctl prefixes that are namespaced, and the namespace each needs.
@@ -140,13 +138,8 @@ def seccomp_program(config: dict[str, Any], root: str) -> tuple[bytes | None, in
     return bpf, seccomp.filter_flags(profile)
 
 
-def create(opts: CreateOptions, *, subreaper: bool = False,
-           zygote: Zygote | None = None) -> Container:
-    """Create a container and leave it waiting on its exec FIFO.
-
-    ``zygote``: a process parked in this container's cgroup (runtime.zygote); used when
-    it fits, then owned by the container (its cgroup is the container's). The caller
-    discards one that was not used (``zygote.used`` stays false)."""
+def create(opts: CreateOptions, *, subreaper: bool = False) -> Container:
+    """Create a container and leave it waiting on its exec FIFO."""
     from flatstack.oci.config import load_config
 
     config = load_config(opts.bundle)
@@ -163,7 +156,7 @@ def create(opts: CreateOptions, *, subreaper: bool = False,
                 cleanup.userns_owner = owner
                 container.data["userns_pool"] = owner
             check_runtime_requirements(config)
-        _create(opts, config, container, cleanup, subreaper, zygote)
+        _create(opts, config, container, cleanup, subreaper)
     except BaseException:
         cleanup.run()
         raise
@@ -206,11 +199,11 @@ class _Cleanup:
 
 
 def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
-            cleanup: _Cleanup, subreaper: bool, zygote: Zygote | None) -> None:
+            cleanup: _Cleanup, subreaper: bool) -> None:
     linux = config.get("linux") or {}
     rootless = os.geteuid() != 0
     bpf, sec_flags = seccomp_program(config, opts.root)
-    cgroup, zygote = _make_cgroup(opts, config, container.id, rootless, zygote)
+    cgroup = _make_cgroup(opts, config, container.id, rootless)
     cleanup.cgroup = cgroup
     annotations = config.get("annotations") or {}
     container.data.update({
@@ -275,18 +268,13 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
         from flatstack.kernel import proc
 
         proc.set_child_subreaper()
-    first = zygote.launch(plan) if zygote is not None else None
-    born_in_cgroup = first is not None
-    if first is None:
-        preload(plan)
-        first, born_in_cgroup, is_init = _fork_child(plan, cgroup, linux, rootless)
-        if first == 0:
-            parent_end.close()
-            if is_init:
-                direct_init(plan)
-            stage_one(plan)
-    else:
-        is_init = False
+    preload(plan)
+    first, born_in_cgroup, is_init = _fork_child(plan, cgroup, linux, rootless)
+    if first == 0:
+        parent_end.close()
+        if is_init:
+            direct_init(plan)
+        stage_one(plan)
     cleanup.pids.append(first)
     child_end.close()
     plan.close_parent_copies()
@@ -419,30 +407,19 @@ def _fork_child(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
 
 
 def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,
-                 rootless: bool, zygote: Zygote | None = None) -> tuple[Any, Zygote | None]:
-    """The container's cgroup, made and limited; with a fitting zygote, the zygote's
-    (which the container then owns: ``zygote.used``)."""
+                 rootless: bool) -> Any:
+    """The container's cgroup, made and limited (None when it runs without one)."""
     from flatstack.runtime.cgroups import manager_for
 
     linux = config.get("linux") or {}
     manager = manager_for(linux.get("cgroupsPath"), container_id, rootless=rootless,
                           systemd=opts.systemd_cgroup)
     if manager is None:
-        return None, None
+        return None
     resources = dict(linux.get("resources") or {})
-    if zygote is not None:
-        if not rootless and not opts.preserve_fds and \
-                zygote.fits(container_id, manager.paths, resources):
-            zygote.used = True
-            manager = zygote.cgroup
-        else:
-            if zygote.container_id == container_id:
-                zygote.discard()  # it sits in this very cgroup: out of the way first
-            zygote = None
     wanted = list(manager.paths)
     try:
-        if zygote is None:
-            manager.create()
+        manager.create()
         if not rootless:
             resources["devices"] = default_device_rules(config)
         manager.apply(resources)
@@ -450,8 +427,8 @@ def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,
         manager.destroy()
         raise
     if rootless:
-        return _delegated_only(manager, wanted), None
-    return manager, zygote
+        return _delegated_only(manager, wanted)
+    return manager
 
 
 def _delegated_only(manager: Any, wanted: list[str]) -> Any:

@@ -59,7 +59,7 @@ def section(resources: dict[str, Any], key: str, kind: type = dict) -> Any:
 
 
 def room_for_a_helper(resources: dict[str, Any]) -> bool:
-    """Whether a short-lived helper process (stage one, a zygote) may sit in the
+    """Whether a short-lived helper process (stage one) may sit in the
     cgroup beside the init: not under a pids limit of 1."""
     limit = (resources.get("pids") or {}).get("limit")
     return not (isinstance(limit, int) and 0 < limit < 2)

@@ -2,7 +2,7 @@
 
 A ``cgroup.procs`` write waits for an RCU grace period (5-23 ms here).  flatrun forks
 its first child with ``clone3(CLONE_INTO_CGROUP)`` into the cgroup2 directory and lets
-it join its v1 directories itself through ``tasks``.  With nothing to join and no user
+it join its v1 directories itself through ``tasks``.  With nothing to join and no time
 namespace, that child is born in its new namespaces and is the init (no stage one).
 The trace of a real ``create`` shows which files were written and which processes were
 made; /proc shows where the init ended up.
@@ -137,17 +137,48 @@ def test_init_is_cloned_into_its_namespaces(flatrun: Flatrun, make_bundle: Bundl
     flatrun("delete", cid)
 
 
-def test_a_user_namespace_keeps_stage_one(flatrun: Flatrun, make_bundle: Bundles,
-                                          tmp_path: Path) -> None:
-    """Id maps are written from outside between unshare and the rest: two stages."""
+def test_a_user_namespace_is_cloned_with_the_init(flatrun: Flatrun, make_bundle: Bundles,
+                                                  tmp_path: Path) -> None:
+    """The init is born in its user namespace with the others; the parent writes its
+    id maps from outside (the init cannot) and it joins its v1 cgroups through tasks
+    fds the parent opened (a tasks write is checked against the opener)."""
     bundle = make_bundle(["true"], edit=_userns)
+    cid = flatrun.new_id()
+    text, cgroups = _traced_create(flatrun, bundle, cid, tmp_path,
+                                   "clone,clone3,unshare,execve,openat")
+    # (a plain fork may hold the user namespace of the rootfs idmap: runtime/idmapped.py)
+    runtime_clones = [(f, pid) for f, pid in _clones(text) if "CLONE_NEW" in f]
+    assert len(runtime_clones) == 1, text
+    flags, child = runtime_clones[0]
+    assert {"CLONE_NEWUSER", "CLONE_NEWNS", "CLONE_NEWPID", "CLONE_NEWNET"} <= \
+        set(flags.split("|")), flags
+    assert re.findall(rf"^{child} +unshare\(([A-Z_|]+)\)", text, re.M) == \
+        ["CLONE_NEWCGROUP"], text
+    parent = int(text.split(None, 1)[0])
+    assert re.search(rf'^{parent} +openat\(AT_FDCWD, "/proc/{child}/uid_map", O_WRONLY',
+                     text, re.M), text
+    execs = {int(pid) for pid in re.findall(r"^(\d+) +execve\(", text, re.M)}
+    assert execs == {parent, child}, text  # flatrun itself, then the init: no stage one
+    lines = [line.split(":", 2) for line in cgroups.splitlines()]
+    assert lines and all(path.endswith(f"/{cid}") for _n, _c, path in lines), cgroups
+    flatrun("delete", cid)
+    assert cgroup_dirs(cid) == []
+
+
+def test_a_time_namespace_keeps_stage_one(flatrun: Flatrun, make_bundle: Bundles,
+                                         tmp_path: Path) -> None:
+    """Clock offsets are written between unshare(CLONE_NEWTIME) and the first process
+    born in it: stage one unshares and forks the init."""
+    def edit(config: dict) -> None:
+        config["linux"]["namespaces"].append({"type": "time"})
+        config["linux"]["timeOffsets"] = {"monotonic": {"secs": 86400, "nanosecs": 0}}
+
+    bundle = make_bundle(["true"], edit=edit)
     cid = flatrun.new_id()
     text, _ = _traced_create(flatrun, bundle, cid, tmp_path, "clone,clone3,unshare,execve")
     placed = [(flags, pid) for flags, pid in _clones(text) if "CLONE_INTO_CGROUP" in flags]
     assert len(placed) == 1 and "CLONE_NEWPID" not in placed[0][0], text
-    stage_one = [placed[0][1]]
-    # Stage one enters the user namespace, then the others, and forks the init.
-    assert re.search(rf"^{stage_one[0]} +unshare\(CLONE_NEWUSER\)", text, re.M), text
-    assert re.search(rf"^{stage_one[0]} +unshare\([A-Z_|]*CLONE_NEWPID", text, re.M), text
-    assert not re.search(rf"^{stage_one[0]} +execve\(", text, re.M), text
+    stage_one = placed[0][1]
+    assert re.search(rf"^{stage_one} +unshare\([A-Z_|]*CLONE_NEWPID", text, re.M), text
+    assert not re.search(rf"^{stage_one} +execve\(", text, re.M), text
     flatrun("delete", cid)

@@ -279,7 +279,12 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
     child_end.close()
     plan.close_parent_copies()
     try:
-        init_pid = first if is_init else _drive_stage_one(parent_end, plan, first, linux)
+        if not is_init:
+            init_pid = _drive_stage_one(parent_end, plan, first, linux)
+        else:
+            init_pid = first
+            if plan.new_flags & ns.CLONE_NEWUSER:
+                _feed_maps(parent_end, plan, init_pid, linux)
         cleanup.pids = [init_pid]
         if cgroup is not None and not born_in_cgroup:
             cgroup.add_pid(init_pid)
@@ -347,10 +352,7 @@ def _drive_stage_one(channel: Channel, plan: LaunchPlan, first: int,
     try:
         if plan.new_flags & ns.CLONE_NEWUSER:
             channel.expect("userns")
-            from flatstack.runtime.idmap import write_maps
-
-            write_maps(first, linux.get("uidMappings") or [], linux.get("gidMappings") or [])
-            channel.send("maps")
+            _feed_maps(channel, plan, first, linux)
         init_pid = channel.expect("pid")
     except BaseException:
         try:
@@ -372,38 +374,71 @@ def _fork_child(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
     the container's cgroup and whether it is the init itself.
 
     Where it can, the child is born in the cgroup: clone3 into the cgroup2 directory,
-    and it joins the v1 ones itself (``tasks``), so nobody writes a ``cgroup.procs``
-    file and waits for an RCU grace period.  With no namespace to join and no user or
-    time namespace to set up from outside, it is also born in its new namespaces and
-    is the init (as crun does): no stage one to fork, wait for and reap."""
+    and it joins the v1 ones itself by writing ``0`` to ``tasks`` files the parent
+    opened (``plan.join_tasks``), so nobody writes a ``cgroup.procs`` file and waits
+    for an RCU grace period.  With no namespace to join and no time namespace, it is
+    also born in its new namespaces, user namespace included, and is the init (as crun
+    does): no stage one to fork, wait for and reap; the parent writes the id maps of
+    a new user namespace (``_feed_maps``)."""
     if rootless:
         return os.fork(), False, False
     from flatstack.kernel.clone import clone3, single_threaded
+    from flatstack.runtime.cgroups._fs import open_tasks
     from flatstack.runtime.cgroups.base import room_for_a_helper
 
     if not single_threaded():
         return os.fork(), False, False
-    direct = not (plan.joins or plan.mount_trees
-                  or plan.new_flags & (ns.CLONE_NEWUSER | ns.CLONE_NEWTIME))
+    direct = not (plan.joins or plan.new_flags & ns.CLONE_NEWTIME)
     # The cgroup namespace comes last, once the init is placed (init._CgroupGate).
     namespaces = plan.new_flags & ~ns.CLONE_NEWCGROUP if direct else 0
     if cgroup is not None and (direct or room_for_a_helper(linux.get("resources") or {})):
-        v2_dir, plan.join_tasks = cgroup.birth_places()
+        v2_dir, v1_dirs = cgroup.birth_places()
     elif direct:  # no cgroup to be born in
-        v2_dir, plan.join_tasks = None, []
+        v2_dir, v1_dirs = None, []
     else:
         return os.fork(), False, False
-    fd = None if v2_dir is None else os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY |
-                                             os.O_CLOEXEC)
+    opened: list[int] = []
+    cwd = -1
     try:
-        return clone3(namespaces, fd), cgroup is not None, direct
+        for directory in v1_dirs:
+            opened.append(open_tasks(directory))
+            plan.join_tasks.append((opened[-1], directory))
+        if v2_dir is not None:
+            opened.append(os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        if direct and "rootfs" in plan.mount_trees:
+            # The init attaches the rootfs tree on its cwd (RootfsBuilder.prepare); born
+            # in its user namespace, it may not be able to search the path to it.
+            cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.chdir(plan.rootfs)
+        pid = clone3(namespaces, opened[-1] if v2_dir is not None else None)
     except OSError:
         # Stage one unshares (and reports a refusal) and the parent places the init.
-        plan.join_tasks = []
+        _release_birth_places(plan, opened, cwd)
         return os.fork(), False, False
-    finally:
-        if fd is not None:
-            os.close(fd)
+    except BaseException:
+        _release_birth_places(plan, opened, cwd)
+        raise
+    if pid:  # the child keeps its cwd and the tasks fds (init._enter_child)
+        _release_birth_places(plan, opened, cwd)
+    return pid, cgroup is not None, direct
+
+
+def _release_birth_places(plan: LaunchPlan, opened: list[int], cwd: int) -> None:
+    """In the parent, after (or instead of) the clone: its cwd back, its fds closed."""
+    if cwd >= 0:
+        os.fchdir(cwd)
+        os.close(cwd)
+    for fd in opened:
+        os.close(fd)
+    plan.join_tasks = []
+
+
+def _feed_maps(channel: Channel, plan: LaunchPlan, pid: int, linux: dict[str, Any]) -> None:
+    """Write the id maps of the user namespace ``pid`` was born in; tell it so."""
+    from flatstack.runtime.idmap import write_maps
+
+    write_maps(pid, linux.get("uidMappings") or [], linux.get("gidMappings") or [])
+    channel.send("maps")
 
 
 def _make_cgroup(opts: CreateOptions, config: dict[str, Any], container_id: str,

@@ -52,8 +52,9 @@ class LaunchPlan:
         self.seccomp_bpf: bytes | None = None
         self.seccomp_flags = 0
         self.cgroup_paths: dict[str, str] = {}
-        #: v1 cgroup directories stage one joins itself (see create._fork_stage_one)
-        self.join_tasks: list[str] = []
+        #: v1 cgroups the first child joins itself: (``tasks`` fd opened by the parent,
+        #: directory) pairs (see create._fork_child)
+        self.join_tasks: list[tuple[int, str]] = []
         self.hook_state: dict[str, Any] = {}
         self.wants_parent_hooks = bool(
             (config.get("hooks") or {}).get("prestart")
@@ -71,7 +72,8 @@ class LaunchPlan:
         from flatstack.kernel import proc
 
         keep = {self.channel.read_fd, self.channel.write_fd, self.fifo_fd, self.console_fd,
-                self.trampoline_fd, *self.mount_trees.values()}
+                self.trampoline_fd, *self.mount_trees.values(),
+                *(fd for fd, _ in self.join_tasks)}
         proc.close_fds_from(3 + self.preserve_fds, keep, now=True)
 
     def close_parent_copies(self) -> None:
@@ -110,19 +112,24 @@ def _enter_child(plan: LaunchPlan) -> None:
     if plan.join_tasks:
         from flatstack.runtime.cgroups._fs import join_self
 
-        for directory in plan.join_tasks:
-            join_self(directory)
+        for fd, directory in plan.join_tasks:
+            join_self(fd, directory)
+        plan.join_tasks = []
 
 
 def direct_init(plan: LaunchPlan) -> None:
     """The init when the parent cloned it straight into its new namespaces (and
     cgroup; ``create._fork_child``): what stage one would have done for it, then stage
-    two.  Never returns."""
+    two.  In a new user namespace it waits for the parent to write the id maps, then
+    becomes the container's root.  Never returns."""
     try:
         _enter_child(plan)
         from flatstack.kernel import proc
 
         proc.set_dumpable(False)
+        if plan.new_flags & ns.CLONE_NEWUSER:
+            plan.channel.expect("maps")
+            _become_root_if_mapped()
     except BaseException as err:
         _fail(plan.channel, err)
     stage_two(plan)
@@ -210,7 +217,9 @@ def preload(plan: LaunchPlan) -> None:
 
     config = plan.config
     process = plan.process
-    if process.get("oomScoreAdj") is not None:  # process_attrs writes it via rootfs
+    # The init builds the rootfs; process_attrs writes oomScoreAdj through it. Loaded
+    # here, a long-lived caller (the engine's supervisor) imports it once, not per init.
+    if not plan.is_exec or process.get("oomScoreAdj") is not None:
         from flatstack.runtime import rootfs  # noqa: F401
     if plan.new_flags & ns.CLONE_NEWNET:
         import _socket

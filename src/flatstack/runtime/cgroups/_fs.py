@@ -39,17 +39,28 @@ def add_proc(directory: str, pid: bytes) -> None:
         posix.close(fd)
 
 
-def join_self(directory: str) -> None:
-    """Move the calling thread (the whole process, when it has one thread) into the
-    v1 cgroup ``directory`` through its ``tasks`` file.  Raises CgroupError."""
+def open_tasks(directory: str) -> int:
+    """An fd of the v1 cgroup ``directory``'s ``tasks`` file, open for writing.
+
+    The kernel checks a ``tasks`` write against the credentials of whoever opened the
+    file, so a child that inherits this fd can join the cgroup even from inside a new
+    user namespace (``join_self``).  Raises CgroupError."""
     try:
-        fd = posix.open(f"{directory}/tasks", posix.O_WRONLY | posix.O_CLOEXEC)
-        try:
-            posix.write(fd, b"0")
-        finally:
-            posix.close(fd)
+        return posix.open(f"{directory}/tasks", posix.O_WRONLY | posix.O_CLOEXEC)
     except OSError as err:
         raise CgroupError(f"cannot join cgroup {directory}: {why(err)}") from None
+
+
+def join_self(tasks_fd: int, directory: str) -> None:
+    """Move the calling thread (the whole process, when it has one thread) into the v1
+    cgroup ``directory`` by writing ``0`` to its ``tasks`` file (``open_tasks``), then
+    close the fd.  Raises CgroupError."""
+    try:
+        posix.write(tasks_fd, b"0")
+    except OSError as err:
+        raise CgroupError(f"cannot join cgroup {directory}: {why(err)}") from None
+    finally:
+        posix.close(tasks_fd)
 
 
 def write(directory: str, name: str, value: str | int, field: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from flatstack.engine.client import SupervisorClient
 from flatstack.engine.containers import RunOptions
 from flatstack.errors import ConfigError
 from tests.engine._engine_support import (  # noqa: F401 - fixtures
@@ -79,6 +80,9 @@ def test_bridge_network_published_port_over_loopback(node: Node, tmp_path: Path)
     assert f"{net['ip']}\t{info['id'][:12]}" in hosts
     assert "nameserver 127." not in http_get("127.0.0.1", port, "/resolv.conf")
     assert os.stat(f"/proc/{info['pid']}/ns/net").st_ino == os.stat(net["netns"]).st_ino
+    # the supervisor stepped into that namespace to clone the init, and back out again
+    supervisor = SupervisorClient(str(node.socket)).call("ping")["pid"]
+    assert os.stat(f"/proc/{supervisor}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
     # the kernel forwards the port: no process of ours listens on it
     listeners = Path("/proc/net/tcp").read_text()
     assert f":{port:04X} 00000000:0000 0A" not in listeners

@@ -11,6 +11,7 @@ made; /proc shows where the init ended up.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -182,3 +183,42 @@ def test_a_time_namespace_keeps_stage_one(flatrun: Flatrun, make_bundle: Bundles
     assert re.search(rf"^{stage_one} +unshare\([A-Z_|]*CLONE_NEWPID", text, re.M), text
     assert not re.search(rf"^{stage_one} +execve\(", text, re.M), text
     flatrun("delete", cid)
+
+
+def test_joined_network_namespace_is_entered_around_the_clone(
+        flatrun: Flatrun, make_bundle: Bundles, tmp_path: Path) -> None:
+    """Joining a network namespace by path (CNI's, a pod sandbox's) with a new user
+    namespace: the runtime steps into the network namespace, clones the init there and
+    steps back; the init itself never calls setns and there is no stage one."""
+    holder = subprocess.Popen(["unshare", "--net", "--fork", "sleep", "60"],
+                              start_new_session=True)
+    try:
+        own = os.readlink("/proc/self/ns/net")
+        deadline = time.monotonic() + 3
+        while os.readlink(f"/proc/{holder.pid}/ns/net") == own:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        target = f"/proc/{holder.pid}/ns/net"
+
+        def edit(config: dict) -> None:
+            _userns(config)
+            spaces = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
+            config["linux"]["namespaces"] = [*spaces, {"type": "network", "path": target}]
+
+        bundle = make_bundle(["readlink", "/proc/self/ns/net"], edit=edit)
+        cid = flatrun.new_id()
+        text, _ = _traced_create(flatrun, bundle, cid, tmp_path, "clone,clone3,setns,execve")
+        assert (tmp_path / "create.out").read_text().split() == [os.readlink(target)]
+        parent = int(text.split(None, 1)[0])
+        runtime_clones = [(f, pid) for f, pid in _clones(text) if "CLONE_NEW" in f]
+        assert len(runtime_clones) == 1, text
+        flags, init = runtime_clones[0]
+        assert "CLONE_NEWUSER" in flags and "CLONE_NEWNET" not in flags, text
+        # in and back out again, both by the runtime; none by the init
+        assert len(re.findall(rf"^{parent} +setns\(\d+, CLONE_NEWNET\) += 0", text, re.M)) == 2
+        assert not re.search(rf"^{init} +setns\(", text, re.M), text
+        assert re.search(rf"^{init} +execve\(", text, re.M), text
+        flatrun("delete", cid)
+    finally:
+        os.killpg(holder.pid, 9)
+        holder.wait()

@@ -376,10 +376,12 @@ def _fork_child(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
     Where it can, the child is born in the cgroup: clone3 into the cgroup2 directory,
     and it joins the v1 ones itself by writing ``0`` to ``tasks`` files the parent
     opened (``plan.join_tasks``), so nobody writes a ``cgroup.procs`` file and waits
-    for an RCU grace period.  With no namespace to join and no time namespace, it is
-    also born in its new namespaces, user namespace included, and is the init (as crun
-    does): no stage one to fork, wait for and reap; the parent writes the id maps of
-    a new user namespace (``_feed_maps``)."""
+    for an RCU grace period.  Unless it joins a user, mount, PID, cgroup or time
+    namespace by path or needs a new time namespace, it is also born in its
+    namespaces, a new user namespace included, and is the init (as crun does): no
+    stage one to fork, wait for and reap.  The parent writes the id maps of a new user
+    namespace (``_feed_maps``) and steps into the network, IPC and UTS namespaces to
+    join around the clone (``_born_in``), so the child starts in them."""
     if rootless:
         return os.fork(), False, False
     from flatstack.kernel.clone import clone3, single_threaded
@@ -388,7 +390,8 @@ def _fork_child(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
 
     if not single_threaded():
         return os.fork(), False, False
-    direct = not (plan.joins or plan.new_flags & ns.CLONE_NEWTIME)
+    direct = not (plan.new_flags & ns.CLONE_NEWTIME
+                  or any(flag not in _JOINED_AROUND_CLONE for flag, _ in plan.joins))
     # The cgroup namespace comes last, once the init is placed (init._CgroupGate).
     namespaces = plan.new_flags & ~ns.CLONE_NEWCGROUP if direct else 0
     if cgroup is not None and (direct or room_for_a_helper(linux.get("resources") or {})):
@@ -399,7 +402,10 @@ def _fork_child(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
         return os.fork(), False, False
     opened: list[int] = []
     cwd = -1
+    own: list[tuple[int, int]] = []
     try:
+        if direct:
+            own = _born_in(plan.joins)
         for directory in v1_dirs:
             opened.append(open_tasks(directory))
             plan.join_tasks.append((opened[-1], directory))
@@ -413,18 +419,58 @@ def _fork_child(plan: LaunchPlan, cgroup: Any, linux: dict[str, Any],
         pid = clone3(namespaces, opened[-1] if v2_dir is not None else None)
     except OSError:
         # Stage one unshares (and reports a refusal) and the parent places the init.
-        _release_birth_places(plan, opened, cwd)
+        _release_birth_places(plan, opened, cwd, own)
         return os.fork(), False, False
     except BaseException:
-        _release_birth_places(plan, opened, cwd)
+        _release_birth_places(plan, opened, cwd, own)
         raise
-    if pid:  # the child keeps its cwd and the tasks fds (init._enter_child)
-        _release_birth_places(plan, opened, cwd)
+    if pid:  # the child keeps its cwd, namespaces and the tasks fds (init._enter_child)
+        _release_birth_places(plan, opened, cwd, own)
     return pid, cgroup is not None, direct
 
 
-def _release_birth_places(plan: LaunchPlan, opened: list[int], cwd: int) -> None:
-    """In the parent, after (or instead of) the clone: its cwd back, its fds closed."""
+#: Namespaces the parent may enter for the clone and leave again (a joined user
+#: namespace cannot be left; mount, PID, cgroup and time joins stay with stage one).
+_JOINED_AROUND_CLONE = frozenset({ns.CLONE_NEWNET, ns.CLONE_NEWIPC, ns.CLONE_NEWUTS})
+
+
+def _born_in(joins: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """Enter the namespaces to join (network, IPC, UTS) so the next clone is born in
+    them; returns (fd of our own, flag) pairs for ``_release_birth_places``."""
+    own: list[tuple[int, int]] = []
+    names = {flag: name for flag, name in ns.NAMESPACES.values()}
+    try:
+        for flag, path in joins:
+            own.append((os.open(f"/proc/self/ns/{names[flag]}", os.O_RDONLY | os.O_CLOEXEC),
+                        flag))
+            try:
+                ns.join_path(path, flag)
+            except FlatstackError as err:
+                raise FlatstackError(f"linux.namespaces: joining {path}: "
+                                     f"{str(err).rsplit(': ', 1)[-1]}") from None
+            except OSError as err:
+                raise FlatstackError(f"linux.namespaces: joining {path}: "
+                                     f"{os.strerror(err.errno or 0).lower()}") from None
+    except BaseException:
+        _return_to(own)
+        raise
+    return own
+
+
+def _return_to(own: list[tuple[int, int]]) -> None:
+    """Back into our own namespaces (``_born_in``); the fds are closed."""
+    for fd, flag in reversed(own):
+        try:
+            ns.setns(fd, flag)
+        finally:
+            os.close(fd)
+
+
+def _release_birth_places(plan: LaunchPlan, opened: list[int], cwd: int,
+                          own: list[tuple[int, int]]) -> None:
+    """In the parent, after (or instead of) the clone: its namespaces and cwd back, its
+    fds closed."""
+    _return_to(own)
     if cwd >= 0:
         os.fchdir(cwd)
         os.close(cwd)

@@ -115,6 +115,23 @@ def test_bad_mount_source_cleans_up(flatrun: Flatrun, make_bundle: Bundles) -> N
     assert_no_leftovers(flatrun, cid)
 
 
+@pytest.mark.parametrize(("path", "why"), [("/no/such/netns", "no such file or directory"),
+                                           ("/proc/self/ns/uts", "invalid argument")])
+def test_bad_namespace_path_cleans_up(flatrun: Flatrun, make_bundle: Bundles, path: str,
+                                      why: str) -> None:
+    """A network namespace to join that is missing or of another type: the runtime,
+    which enters it around the clone, reports it and is left in its own namespace."""
+    def edit(config: dict[str, Any]) -> None:
+        spaces = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
+        config["linux"]["namespaces"] = [*spaces, {"type": "network", "path": path}]
+
+    cid = flatrun.new_id()
+    result = flatrun("create", "-b", make_bundle(["true"], edit=edit), cid, check=False)
+    assert result.returncode == 1
+    assert f"linux.namespaces: joining {path}: {why}" in result.stderr, result.stderr
+    assert_no_leftovers(flatrun, cid)
+
+
 def test_duplicate_id(flatrun: Flatrun, make_bundle: Bundles) -> None:
     cid = flatrun.new_id()
     flatrun("create", "-b", make_bundle(["true"]), cid)

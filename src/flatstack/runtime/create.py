@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flatstack.errors import FlatstackError
+from flatstack.errors import FlatstackError, KernelError
 from flatstack.kernel import ns
 from flatstack.runtime.init import LaunchPlan, direct_init, preload, stage_one
 from flatstack.runtime.state import Container, process_start_time, rfc3339_now
@@ -445,10 +445,7 @@ def _born_in(joins: list[tuple[int, str]]) -> list[tuple[int, int]]:
                         flag))
             try:
                 ns.join_path(path, flag)
-            except FlatstackError as err:
-                raise FlatstackError(f"linux.namespaces: joining {path}: "
-                                     f"{str(err).rsplit(': ', 1)[-1]}") from None
-            except OSError as err:
+            except (KernelError, OSError) as err:
                 raise FlatstackError(f"linux.namespaces: joining {path}: "
                                      f"{os.strerror(err.errno or 0).lower()}") from None
     except BaseException:

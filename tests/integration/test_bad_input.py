@@ -115,15 +115,17 @@ def test_bad_mount_source_cleans_up(flatrun: Flatrun, make_bundle: Bundles) -> N
     assert_no_leftovers(flatrun, cid)
 
 
-@pytest.mark.parametrize(("path", "why"), [("/no/such/netns", "no such file or directory"),
-                                           ("/proc/self/ns/uts", "invalid argument")])
-def test_bad_namespace_path_cleans_up(flatrun: Flatrun, make_bundle: Bundles, path: str,
-                                      why: str) -> None:
-    """A network namespace to join that is missing or of another type: the runtime,
-    which enters it around the clone, reports it and is left in its own namespace."""
+@pytest.mark.parametrize(("kind", "path", "why"), [
+    ("network", "/no/such/netns", "no such file or directory"),
+    ("network", "/proc/self/ns/uts", "invalid argument"),
+    ("mount", "/no/such/mntns", "no such file or directory")])
+def test_bad_namespace_path_cleans_up(flatrun: Flatrun, make_bundle: Bundles, kind: str,
+                                      path: str, why: str) -> None:
+    """A namespace to join that is missing or of another type, whether the runtime enters
+    it around the clone (network) or stage one joins it (mount): the same message."""
     def edit(config: dict[str, Any]) -> None:
-        spaces = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
-        config["linux"]["namespaces"] = [*spaces, {"type": "network", "path": path}]
+        spaces = [n for n in config["linux"]["namespaces"] if n["type"] != kind]
+        config["linux"]["namespaces"] = [*spaces, {"type": kind, "path": path}]
 
     cid = flatrun.new_id()
     result = flatrun("create", "-b", make_bundle(["true"], edit=edit), cid, check=False)

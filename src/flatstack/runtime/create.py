@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from flatstack.errors import FlatstackError, KernelError
+from flatstack.errors import FlatstackError
 from flatstack.kernel import ns
-from flatstack.runtime.init import LaunchPlan, direct_init, preload, stage_one
+from flatstack.runtime.init import LaunchPlan, direct_init, join_namespace, preload, stage_one
 from flatstack.runtime.state import Container, process_start_time, rfc3339_now
 from flatstack.runtime.sync import Channel
 
@@ -443,11 +443,7 @@ def _born_in(joins: list[tuple[int, str]]) -> list[tuple[int, int]]:
         for flag, path in joins:
             own.append((os.open(f"/proc/self/ns/{names[flag]}", os.O_RDONLY | os.O_CLOEXEC),
                         flag))
-            try:
-                ns.join_path(path, flag)
-            except (KernelError, OSError) as err:
-                raise FlatstackError(f"linux.namespaces: joining {path}: "
-                                     f"{os.strerror(err.errno or 0).lower()}") from None
+            join_namespace(flag, path)
     except BaseException:
         _return_to(own)
         raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from flatstack.errors import FlatstackError
+from flatstack.errors import FlatstackError, KernelError
 from flatstack.kernel import ns
 from flatstack.runtime.sync import Channel
 
@@ -143,11 +143,7 @@ def stage_one(plan: LaunchPlan) -> None:
         if "rootfs" in plan.mount_trees:
             os.chdir(plan.rootfs)  # still host root: the tree is attached on the cwd
         for flag, path in plan.joins:
-            try:
-                ns.join_path(path, flag)
-            except FlatstackError as err:
-                raise FlatstackError(f"linux.namespaces: joining {path}: "
-                                     f"{str(err).rsplit(': ', 1)[-1]}") from None
+            join_namespace(flag, path)
         if plan.new_flags & ns.CLONE_NEWUSER:
             ns.unshare(ns.CLONE_NEWUSER)
             channel.send("userns")
@@ -169,6 +165,16 @@ def stage_one(plan: LaunchPlan) -> None:
         os._exit(0)
     except BaseException as err:
         _fail(channel, err)
+
+
+def join_namespace(flag: int, path: str) -> None:
+    """setns into the namespace at ``path`` (a ``linux.namespaces`` entry); a failure
+    names the path and the reason."""
+    try:
+        ns.join_path(path, flag)
+    except (KernelError, OSError) as err:
+        raise FlatstackError(f"linux.namespaces: joining {path}: "
+                             f"{os.strerror(err.errno or 0).lower()}") from None
 
 
 def _become_root_if_mapped() -> None:

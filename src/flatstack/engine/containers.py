@@ -666,20 +666,22 @@ class Engine:
                 except (FlatstackError, OSError) as err:
                     errors.append(f"{what}: {err}")
 
-            # An exited container holds nothing the supervisor's delete (cgroup, runtime
-            # state) and the network and rootfs teardown share: do them side by side
-            # (they wait on the kernel, not on Python). A running one dies first.
-            exited = info is not None and info.get("state") == "exited"
-            beside = threading.Thread(target=attempt, args=(
-                "supervisor", lambda: self._forget(cid, force))) if exited else None
-            if beside is not None:
-                beside.start()
+            # The supervisor's delete (cgroup, runtime state), the network's (CNI DEL)
+            # and the rootfs teardown share nothing once the container has exited: do
+            # them side by side (they wait on the kernel and plugins, not on Python). A
+            # running one dies first.
+            steps = [("network", lambda: self._detach(cid)),
+                     ("rootfs", lambda: unmount_rootfs(cdir))]
+            if info is not None and info.get("state") == "exited":
+                steps.insert(0, ("supervisor", lambda: self._forget(cid, force)))
             else:
                 attempt("supervisor", lambda: self._forget(cid, force))
-            attempt("network", lambda: self._detach(cid))
-            attempt("rootfs", lambda: unmount_rootfs(cdir))
-            if beside is not None:
-                beside.join()
+            beside = [threading.Thread(target=attempt, args=step) for step in steps[:-1]]
+            for thread in beside:
+                thread.start()
+            attempt(*steps[-1])
+            for thread in beside:
+                thread.join()
             attempt("userns", lambda: userns_pool.release(os.path.abspath(cdir),
                                                           registry=self.userns_registry))
             attempt("image hold", lambda: self.store.release(cid))

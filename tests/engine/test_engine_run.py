@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flatstack.engine.client import SupervisorClient
 from flatstack.engine.containers import RunOptions
-from flatstack.errors import ConfigError
+from flatstack.errors import ConfigError, FlatstackError
 from tests.engine._engine_support import (  # noqa: F401 - fixtures
     APP_IMAGE,
     IMAGE,
@@ -253,6 +254,77 @@ def test_failures_leave_nothing_behind(node: Node) -> None:
     assert not (node.state / "volumes" / "fresh").exists(), "a volume made by a failed run goes"
     engine.remove("holder", force=True)
     assert empty(node.leftovers()), node.leftovers()
+
+
+def test_network_failure_after_the_container_was_created(node: Node,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container is created while the CNI plugins work; a plugin failing then takes
+    the created (never started) container down with everything else."""
+    store = node.engine.networks.store
+    store.create("broken", f"10.88.{node.subnet.split('.')[2]}.0/24", bridge=f"{node.bridge}b")
+    net = store.get("broken")
+    original = net.conflist
+
+    def with_bogus(ipam_dir: str, **kwargs: bool) -> dict:
+        conf = original(ipam_dir, **kwargs)
+        conf["plugins"].insert(1, {"type": "tuning", "sysctl": {"net.bogus.nope": "1"}})
+        return conf
+
+    monkeypatch.setattr(net, "conflist", with_bogus)
+    monkeypatch.setattr(store, "get", lambda name: net)
+    cgroups_before = _container_cgroups()
+    try:
+        with pytest.raises(Exception, match="tuning"):
+            node.engine.run(RunOptions(image=IMAGE, command=["touch", "/ran"],
+                                       network="broken", name="never"))
+        assert empty(node.leftovers()), node.leftovers()
+        assert _container_cgroups() == cgroups_before
+    finally:
+        monkeypatch.undo()
+        node.engine.networks.remove_network("broken")
+
+
+def test_network_failing_while_the_container_waits(node: Node, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugins fail only once the container exists, held before its start: it is
+    removed, and what it would have run never ran."""
+    networks = node.engine.networks
+    real_add = networks.cni.add
+
+    def add_then_fail(*args: Any, **kwargs: Any) -> Any:
+        real_add(*args, **kwargs)
+        deadline = time.monotonic() + 10
+        while not [n for n in (os.listdir(node.runtime_root) if node.runtime_root.is_dir()
+                               else []) if not n.startswith(".")]:
+            assert time.monotonic() < deadline, "the container was not created meanwhile"
+            time.sleep(0.005)
+        raise FlatstackError("cni: the plugins gave up")
+
+    monkeypatch.setattr(networks.cni, "add", add_then_fail)
+    out = tmp_path / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)  # the container's root is an unprivileged host id
+    cgroups_before = _container_cgroups()
+    with pytest.raises(FlatstackError, match="the plugins gave up"):
+        node.engine.run(RunOptions(image=IMAGE, command=["touch", "/out/ran"], name="held",
+                                   volumes=[f"{out}:/out"]))
+    assert empty(node.leftovers()), node.leftovers()
+    assert not (out / "ran").exists()
+    monkeypatch.undo()  # the same run with working plugins does write the file
+    info = node.engine.run(RunOptions(image=IMAGE, command=["touch", "/out/ran"],
+                                      volumes=[f"{out}:/out"]))
+    assert node.engine.wait(info["id"], timeout=10)["exit_code"] == 0
+    assert (out / "ran").exists()
+    node.engine.remove(info["id"])
+    assert _container_cgroups() == cgroups_before
+
+
+def _container_cgroups() -> set[str]:
+    """Container-id-named cgroup directories (64 hex digits) in the pids hierarchy."""
+    root = Path("/sys/fs/cgroup/pids")
+    if not root.is_dir():
+        root = Path("/sys/fs/cgroup")
+    return {str(p) for p in root.rglob("*") if len(p.name) == 64 and p.is_dir()}
 
 
 def test_concurrent_runs_from_threads(node: Node) -> None:

@@ -129,6 +129,26 @@ def test_start_log_and_exit_code(node: Node, make_bundle: UniqueBundles) -> None
                                                          ("stderr", b"oops\n")]
 
 
+def test_hold_creates_and_release_starts(node: Node, make_bundle: UniqueBundles) -> None:
+    """``start`` with ``hold`` leaves the container created (the engine configures its
+    network meanwhile); nothing of the user's runs before ``release``."""
+    node.spawn()
+    bundle = make_bundle(["sh", "-c", "echo ran; exit 3"])
+    status = node.client.call("start", id="held", bundle=bundle,
+                              log=str(node.tmp / "held.log"), hold=True)
+    state = subprocess.run([str(REPO / ".venv/bin/flatrun"), "--root", node.runtime_root,
+                            "state", "held"], capture_output=True, text=True, check=True)
+    assert '"status": "created"' in state.stdout and status["pid"] > 0
+    time.sleep(0.2)
+    assert list(read_log(str(node.tmp / "held.log"))) == []
+    assert node.client.call("status", id="held")["state"] == "running"  # the init lives
+    node.client.call("release", id="held")
+    assert node.wait_exit("held")["exit"]["code"] == 3
+    assert list(read_log(str(node.tmp / "held.log"))) == [("stdout", b"ran\n")]
+    with pytest.raises(FlatstackError, match="no such container: nope"):
+        node.client.call("release", id="nope")
+
+
 def test_wait_answers_at_the_exit_and_survives_hung_up_waiters(
         node: Node, make_bundle: UniqueBundles) -> None:
     """``wait`` replies when the container exits (not before), at once for an exited one;

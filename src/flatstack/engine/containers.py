@@ -378,6 +378,7 @@ class Engine:
         cid = secrets.token_hex(32)
         cdir = self._cdir(cid)
         undo: list[Callable[[], Any]] = []
+        attached: dict[str, Any] = {}  # the network worker's result or error
         try:
             os.makedirs(self.containers_dir, mode=0o700, exist_ok=True)
             # The directory first: a name link whose container directory is missing
@@ -404,10 +405,14 @@ class Engine:
                 "volumes_created": []}
             self._write(record)
             mode = opts.network
-            attached: dict[str, Any] = {}
-            if mode not in ("host", "none"):  # CNI ADD overlaps the rootfs work below
+            netns_ready = threading.Event()
+            if mode not in ("host", "none"):
+                # CNI ADD overlaps the rootfs work and the container's creation below:
+                # the container is created in the namespace as soon as it exists, and
+                # started once the plugins have configured it.
                 worker = threading.Thread(target=self._attach_into,
-                                          args=(attached, cid, mode, ports), daemon=True)
+                                          args=(attached, cid, mode, ports, netns_ready),
+                                          daemon=True)
                 undo.append(lambda: self.networks.detach(cid))
                 undo.append(worker.join)
                 worker.start()
@@ -446,17 +451,12 @@ class Engine:
                 record["network"] = {"mode": "none", "name": "", "ip": ""}
                 hostname = opts.hostname or cid[:12]
             elif mode != "host":
-                worker.join()
-                if "error" in attached:
+                netns_ready.wait()
+                if "netns" not in attached:  # the attach failed before the namespace
+                    worker.join()
                     raise attached["error"]
-                net = attached["info"]
-                netns_path = net.netns_path
+                netns_path = attached["netns"]
                 specs.apply_network_sysctls(netns_path, specs.network_sysctls(maps))
-                record["network"] = {"mode": net.mode, "name": net.network, "ip": net.ip,
-                                     "prefix_length": net.prefix_length,
-                                     "gateway": net.gateway, "mac": net.mac,
-                                     "netns": net.netns_path}
-                record["ports"] = [_port_text(p) for p in net.ports]
                 hostname = opts.hostname or cid[:12]
             else:
                 record["network"] = {"mode": "host", "name": "", "ip": ""}
@@ -481,23 +481,50 @@ class Engine:
             if opts.console_socket:
                 start["console_socket"] = opts.console_socket
             undo.append(lambda: self._forget(cid, True))
-            status = self._call("start", **start)
+            if netns_path is None:
+                status = self._call("start", **start)
+            else:  # created while the plugins work; started once they are done
+                self._call("start", **start, hold=True)
+                worker.join()
+                if "error" in attached:
+                    raise attached["error"]
+                net = attached["info"]
+                record["network"] = {"mode": net.mode, "name": net.network, "ip": net.ip,
+                                     "prefix_length": net.prefix_length,
+                                     "gateway": net.gateway, "mac": net.mac,
+                                     "netns": net.netns_path}
+                record["ports"] = [_port_text(p) for p in net.ports]
+                self._write_hosts(cdir, hostname, net.ip)
+                self._write(record)
+                status = self._call("release", id=cid)
             record.update(state="running", started_at=rfc3339(status.get("created")))
             self._write(record)
-        except BaseException:
+        except BaseException as err:
             for step in reversed(undo):
                 try:
                     step()
                 except Exception:  # report the run error, not the cleanup's
                     pass
+            failed = attached.get("error")
+            if failed is not None and failed is not err:
+                # the network failed first and its clean-up took the namespace away
+                # from under the rest: the plugin's error is the one to report
+                raise failed from None
             raise
         return self._info(record, status)
 
-    def _attach_into(self, out: dict[str, Any], cid: str, mode: str, ports: list[Any]) -> None:
+    def _attach_into(self, out: dict[str, Any], cid: str, mode: str, ports: list[Any],
+                     netns_ready: threading.Event) -> None:
+        def ready(path: str) -> None:
+            out["netns"] = path
+            netns_ready.set()
+
         try:
-            out["info"] = self.networks.attach(cid, mode, ports)
+            out["info"] = self.networks.attach(cid, mode, ports, netns_ready=ready)
         except BaseException as err:  # re-raised by run() in its own thread
             out["error"] = err
+        finally:
+            netns_ready.set()
 
     def _etc_files(self, cdir: str, mode: str, hostname: str, ip: str,
                    host_id: int) -> list[dict[str, Any]]:
@@ -519,6 +546,14 @@ class Engine:
                            "source": path, "options": ["bind", "rw", "nosuid", "nodev",
                                                        "noexec"]})
         return mounts
+
+    @staticmethod
+    def _write_hosts(cdir: str, hostname: str, ip: str) -> None:
+        """The hosts file again, now with the container's address: rewritten in place, so
+        the bind mount of the created container shows it."""
+        from flatstack.network.attach import write_hosts
+
+        write_hosts(os.path.join(cdir, "userdata"), hostname, ip)
 
     # -- queries ---------------------------------------------------------------------
     def list(self, all: bool = False) -> list[ContainerInfo]:

@@ -34,10 +34,13 @@ Requests (``{"op": ..., **args}``; the reply's ``result``):
 
 - ``ping`` -> ``{"pid"}``
 - ``start(id, bundle, log, log_max_size=10 MiB, log_max_files=3,
-  console_socket=None)`` -> status. ``log_max_files`` counts the live file too
-  (``log``, ``log.1``, ``log.2``). With ``console_socket`` the bundle's
+  console_socket=None, hold=False)`` -> status. ``log_max_files`` counts the live file
+  too (``log``, ``log.1``, ``log.2``). With ``console_socket`` the bundle's
   ``process.terminal`` must be true (and without it, false): the runtime sends
-  the pty master to that socket (runc's protocol, ``runtime/console.py``).
+  the pty master to that socket (runc's protocol, ``runtime/console.py``). With
+  ``hold`` the container is only created (runtime ``create``): its init waits on the
+  exec FIFO, nothing of the user's runs, until
+- ``release(id)`` -> status: runtime ``start`` of a held container.
 - ``status(id)`` -> ``{"id", "bundle", "log", "pid", "pid_start", "created",
   "tty", "state": "running"|"exited", "exit": {"code", "reason", "signal"?,
   "oom_killed", "finished"}}``;  ``list`` -> [status, ...]
@@ -216,9 +219,11 @@ class Supervisor:
     # -- starting and stopping ----------------------------------------------------
     def start_container(self, cid: str, bundle: str, log_path: str,
                         log_max_size: int | None = None, log_max_files: int | None = None,
-                        console_socket: str | None = None) -> dict[str, Any]:
+                        console_socket: str | None = None,
+                        hold: bool = False) -> dict[str, Any]:
         """create + start through the runtime library; stdout/stderr to ``log_path``
-        (or, with ``console_socket``, a terminal whose master goes to that socket)."""
+        (or, with ``console_socket``, a terminal whose master goes to that socket).
+        ``hold``: create only; the init waits on its exec FIFO until ``release``."""
         from flatstack.runtime.create import CreateOptions, create
         from flatstack.runtime.state import validate_id
         from flatstack.runtime.verbs.delete import delete
@@ -279,11 +284,12 @@ class Supervisor:
             else:
                 writer.close()
             self._write(cid, RECORD, record)
-            try:
-                start(self.runtime_root, cid)
-            except BaseException:
-                delete(self.runtime_root, cid, force=True)
-                raise
+            if not hold:
+                try:
+                    start(self.runtime_root, cid)
+                except BaseException:
+                    delete(self.runtime_root, cid, force=True)
+                    raise
         except BaseException:
             for fd in reads:
                 os.close(fd)
@@ -295,6 +301,15 @@ class Supervisor:
                 _unlink(log_path)
             _remove_tree(self._dir(cid))
             raise
+        return self.status(cid)
+
+    def release_container(self, cid: str) -> dict[str, Any]:
+        """Start a container created with ``hold`` (its process execs now)."""
+        from flatstack.runtime.verbs.start import start
+
+        if self._read(cid, RECORD) is None:
+            raise FlatstackError(f"no such container: {cid}")
+        start(self.runtime_root, cid)
         return self.status(cid)
 
     def signal_container(self, cid: str, signum: int) -> None:
@@ -593,7 +608,10 @@ class Supervisor:
                 request["id"], request["bundle"], request["log"],
                 log_max_size=request.get("log_max_size"),
                 log_max_files=request.get("log_max_files"),
-                console_socket=request.get("console_socket"))
+                console_socket=request.get("console_socket"),
+                hold=bool(request.get("hold")))
+        if op == "release":
+            return self.release_container(request["id"])
         if op == "status":
             return self.status(request["id"])
         if op == "list":

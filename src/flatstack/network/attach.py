@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -146,8 +147,12 @@ class Networks:
 
     def attach(self, container_id: str, mode: str = "bridge",
                ports: list[str | PortMapping] | None = None,
-               network: str | None = None) -> NetworkInfo:
-        """Give ``container_id`` a network; on any failure nothing is left behind."""
+               network: str | None = None,
+               netns_ready: Callable[[str], object] | None = None) -> NetworkInfo:
+        """Give ``container_id`` a network; on any failure nothing is left behind.
+
+        ``netns_ready(path)`` is called once the namespace exists, before the plugins
+        configure it: a container may be created in it meanwhile (not started)."""
         if not isinstance(container_id, str) or not _ID.match(container_id):
             raise ConfigError("container_id", f"{container_id!r} is not a valid id")
         if network:
@@ -173,6 +178,8 @@ class Networks:
         self._save(info)  # first, so that a crash from here on can be detached
         try:
             netns.create(container_id, self.run_dir)
+            if netns_ready is not None:
+                netns_ready(info.netns_path)
             if conflist is not None:
                 runtime = {"portMappings": [p.cni() for p in port_list]} if port_list else {}
                 result = self.cni.add(conflist, container_id, info.netns_path, IFNAME, runtime)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,3 +144,21 @@ def cgroup_dirs(cid: str) -> list[str]:
         for path in hierarchy.rglob(cid) if hierarchy.is_dir() else []:
             found.append(str(path))
     return found
+
+
+@contextlib.contextmanager
+def namespace_holder(kind: str) -> Iterator[str]:
+    """A process in a new ``kind`` namespace (util-linux ``unshare`` flag name: net, uts,
+    ipc...); yields its ``/proc/PID/ns/...`` path and kills it afterwards."""
+    holder = subprocess.Popen(["unshare", f"--{kind}", "--fork", "sleep", "60"],
+                              start_new_session=True)
+    try:
+        own = os.readlink(f"/proc/self/ns/{kind}")
+        deadline = time.monotonic() + 3
+        while os.readlink(f"/proc/{holder.pid}/ns/{kind}") == own:
+            assert time.monotonic() < deadline, f"unshare --{kind} did not take"
+            time.sleep(0.01)
+        yield f"/proc/{holder.pid}/ns/{kind}"
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()

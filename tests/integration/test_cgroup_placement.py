@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from flatstack.runtime.cgroups import _fs
-from tests.conftest import Bundles, Flatrun, cgroup_dirs
+from tests.conftest import Bundles, Flatrun, cgroup_dirs, namespace_holder
 from tests.integration.test_userns import _userns
 
 
@@ -190,16 +190,7 @@ def test_joined_network_namespace_is_entered_around_the_clone(
     """Joining a network namespace by path (CNI's, a pod sandbox's) with a new user
     namespace: the runtime steps into the network namespace, clones the init there and
     steps back; the init itself never calls setns and there is no stage one."""
-    holder = subprocess.Popen(["unshare", "--net", "--fork", "sleep", "60"],
-                              start_new_session=True)
-    try:
-        own = os.readlink("/proc/self/ns/net")
-        deadline = time.monotonic() + 3
-        while os.readlink(f"/proc/{holder.pid}/ns/net") == own:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        target = f"/proc/{holder.pid}/ns/net"
-
+    with namespace_holder("net") as target:
         def edit(config: dict) -> None:
             _userns(config)
             spaces = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
@@ -219,6 +210,3 @@ def test_joined_network_namespace_is_entered_around_the_clone(
         assert not re.search(rf"^{init} +setns\(", text, re.M), text
         assert re.search(rf"^{init} +execve\(", text, re.M), text
         flatrun("delete", cid)
-    finally:
-        os.killpg(holder.pid, 9)
-        holder.wait()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Flatrun
+from tests.conftest import Flatrun, namespace_holder
 
 CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
         "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
@@ -392,15 +391,8 @@ def test_hostname_set_in_joined_uts_namespace(flatrun: Flatrun, rt_bundle: RtBun
     """linux_ns_path.t joins `unshare --uts` with the generator's hostname set: runc and
     crun set it in the joined namespace.  Joining the runtime's own uts namespace with a
     hostname is still refused (it would rename the host)."""
-    holder = subprocess.Popen(["unshare", "--uts", "--fork", "sleep", "60"],
-                              start_new_session=True)
-    try:
-        own = os.readlink("/proc/self/ns/uts")
-        deadline = time.monotonic() + 3
-        while os.readlink(f"/proc/{holder.pid}/ns/uts") == own:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        path = f"/proc/{holder.pid}/ns/uts"
+    with namespace_holder("uts") as path:
+        holder_pid = int(path.split("/")[2])
 
         def join(target: str) -> Callable[[dict[str, Any]], None]:
             def edit(config: dict[str, Any]) -> None:
@@ -412,7 +404,7 @@ def test_hostname_set_in_joined_uts_namespace(flatrun: Flatrun, rt_bundle: RtBun
         create(flatrun, rt_bundle(["true"], join(path)), cid)
         inside = os.readlink(f"/proc/{flatrun.state(cid)['pid']}/ns/uts")
         assert inside == os.readlink(path)
-        named = subprocess.run(["nsenter", "-t", str(holder.pid), "-u", "hostname"],
+        named = subprocess.run(["nsenter", "-t", str(holder_pid), "-u", "hostname"],
                                capture_output=True, text=True, check=True).stdout.strip()
         assert named == "mrsdalloway"
         host = create(flatrun, rt_bundle(["true"], join("/proc/self/ns/uts")),
@@ -420,9 +412,6 @@ def test_hostname_set_in_joined_uts_namespace(flatrun: Flatrun, rt_bundle: RtBun
         assert host.returncode != 0
         assert "hostname: setting a hostname needs a uts namespace other than" in host.stderr
         assert os.uname().nodename != "mrsdalloway"
-    finally:
-        os.killpg(holder.pid, signal.SIGKILL)
-        holder.wait()
 
 
 # -- linux_devices.t, linux_masked_paths.t, linux_readonly_paths.t -------------------------

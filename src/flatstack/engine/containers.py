@@ -108,9 +108,6 @@ class WaitTimeout(FlatstackError, TimeoutError):
     """The container did not exit within the time asked for."""
 
 
-_HEX = frozenset("0123456789abcdef")
-
-
 def rfc3339(ts: float | None) -> str:
     """RFC 3339 UTC with nanoseconds, "" for None."""
     if not ts:

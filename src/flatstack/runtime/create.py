@@ -284,7 +284,7 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
         else:
             init_pid = first
             if plan.new_flags & ns.CLONE_NEWUSER:
-                _feed_maps(parent_end, plan, init_pid, linux)
+                _feed_maps(parent_end, init_pid, linux)
         cleanup.pids = [init_pid]
         if cgroup is not None and not born_in_cgroup:
             cgroup.add_pid(init_pid)
@@ -352,7 +352,7 @@ def _drive_stage_one(channel: Channel, plan: LaunchPlan, first: int,
     try:
         if plan.new_flags & ns.CLONE_NEWUSER:
             channel.expect("userns")
-            _feed_maps(channel, plan, first, linux)
+            _feed_maps(channel, first, linux)
         init_pid = channel.expect("pid")
     except BaseException:
         try:
@@ -472,7 +472,7 @@ def _release_birth_places(plan: LaunchPlan, opened: list[int], cwd: int,
     plan.join_tasks = []
 
 
-def _feed_maps(channel: Channel, plan: LaunchPlan, pid: int, linux: dict[str, Any]) -> None:
+def _feed_maps(channel: Channel, pid: int, linux: dict[str, Any]) -> None:
     """Write the id maps of the user namespace ``pid`` was born in; tell it so."""
     from flatstack.runtime.idmap import write_maps
 

@@ -363,6 +363,7 @@ class Engine:
         from flatstack.engine.volume_seed import seed_volume
         from flatstack.engine.volumes import mount_entry
         from flatstack.image.unpack import unpack_image
+        from flatstack.network.attach import write_hosts
         from flatstack.runtime import userns_pool
         from flatstack.runtime.state import process_start_time
 
@@ -491,7 +492,9 @@ class Engine:
                                      "gateway": net.gateway, "mac": net.mac,
                                      "netns": net.netns_path}
                 record["ports"] = [_port_text(p) for p in net.ports]
-                self._write_hosts(cdir, hostname, net.ip)
+                # hosts again, with the address: rewritten in place (same inode), so the
+                # created container's bind mount shows it
+                write_hosts(os.path.join(cdir, "userdata"), hostname, net.ip)
                 self._write(record)
                 status = self._call("release", id=cid)
             record.update(state="running", started_at=rfc3339(status.get("created")))
@@ -543,14 +546,6 @@ class Engine:
                            "source": path, "options": ["bind", "rw", "nosuid", "nodev",
                                                        "noexec"]})
         return mounts
-
-    @staticmethod
-    def _write_hosts(cdir: str, hostname: str, ip: str) -> None:
-        """The hosts file again, now with the container's address: rewritten in place, so
-        the bind mount of the created container shows it."""
-        from flatstack.network.attach import write_hosts
-
-        write_hosts(os.path.join(cdir, "userdata"), hostname, ip)
 
     # -- queries ---------------------------------------------------------------------
     def list(self, all: bool = False) -> list[ContainerInfo]:

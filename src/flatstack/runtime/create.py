@@ -309,6 +309,8 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
                 relay_seccomp_listener(config, dict(plan.hook_state, pid=init_pid), init_pid,
                                        payload)
                 parent_end.send("seccomp-done")
+            elif tag == "warning":
+                os.write(2, f"flatrun: warning: {payload}\n".encode())
             elif tag == "created":
                 break
             elif tag == "error":

@@ -373,6 +373,8 @@ def finish_process(plan: LaunchPlan) -> None:
     _chdir(cwd, process.get("user") or {}, plan.is_exec)
     path = resolve_executable(process["args"], env)
     cap_plan = pa.prepare_capabilities(process.get("capabilities"))
+    for warning in cap_plan.warnings:  # the spec's MUST: logged by the runtime, not fatal
+        channel.send("warning", warning)
     nnp = bool(process.get("noNewPrivileges"))
     ruleset = -1
     if plan.landlock is not None:  # paths resolve in the container; errors fail create

@@ -48,3 +48,19 @@ def dirname(path: str) -> str:
     if head and head != "/" * len(head):
         head = head.rstrip("/")
     return head
+
+
+def unescape_mountinfo(field: str) -> str:
+    """A /proc/*/mountinfo path field: space, tab, newline and backslash come as ``\\ooo``."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1:i + 4]
+        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)

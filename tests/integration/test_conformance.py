@@ -414,6 +414,104 @@ def test_hostname_set_in_joined_uts_namespace(flatrun: Flatrun, rt_bundle: RtBun
         assert os.uname().nodename != "mrsdalloway"
 
 
+# -- linux_ns_itype.t ----------------------------------------------------------------------
+
+NAMESPACE_LINKS = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
+
+
+def _mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as info:
+        return [line.split()[4] for line in info
+                if line.split()[4] == str(path) or line.split()[4].startswith(f"{path}/")]
+
+
+def _without_namespaces(config: dict[str, Any]) -> None:
+    config["linux"]["namespaces"] = []
+    del config["hostname"]
+    config["linux"]["maskedPaths"] = ["/proc/kcore", "/proc/timer_list"]
+    config["linux"]["readonlyPaths"] = ["/proc/sys"]
+
+
+def test_no_namespaces_inherits_the_runtimes_and_mounts_go_with_delete(
+        flatrun: Flatrun, rt_bundle: RtBundle) -> None:
+    """linux_ns_itype.t removes every namespace from the generator's config (which keeps
+    its mounts): the container MUST inherit each of the runtime's namespaces.  The mounts,
+    devices, masked and read-only paths are then made under the rootfs in the runtime's
+    mount namespace and the root is a chroot; `exec` lands in the same root; `delete`
+    detaches every mount create made and keeps one that was there before."""
+    bundle = rt_bundle(["sleep", "30"], _without_namespaces)
+    (bundle / "mnt").mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1k", "before", str(bundle / "mnt")],
+                   check=True)
+    try:
+        cid = flatrun.new_id()
+        create(flatrun, bundle, cid)
+        pid = flatrun.state(cid)["pid"]
+        for name in NAMESPACE_LINKS:
+            assert os.readlink(f"/proc/{pid}/ns/{name}") == os.readlink(f"/proc/self/ns/{name}")
+        made = _mounts_under(bundle)
+        for dest in ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys",
+                     "/proc/sys", "/proc/timer_list"):
+            assert f"{bundle}{dest}" in made, dest
+        flatrun("start", cid)
+        inside = flatrun("exec", cid, "sh", "-c",
+                         "ls /; echo x 2>&1 > /proc/sys/kernel/domainname; "
+                         "echo timer_list=$(wc -c < /proc/timer_list); "
+                         "stat -c '%F %t:%T' /dev/null").stdout
+        assert "linuxrc" in inside and "mnt" in inside  # the bundle's busybox, not the host
+        assert "Read-only file system" in inside and "timer_list=0\n" in inside
+        assert "character special file 1:3" in inside
+        flatrun("delete", "--force", cid)
+        assert _mounts_under(bundle) == [f"{bundle}/mnt"]
+    finally:
+        subprocess.run(["umount", str(bundle / "mnt")], check=False)
+
+
+def test_no_mount_namespace_read_only_root_and_failed_create(
+        flatrun: Flatrun, rt_bundle: RtBundle) -> None:
+    """A read-only root needs a mount: the rootfs is bound onto itself (and detached by
+    delete).  A create that fails after some mounts leaves none; what needs a private
+    mount tree (a user namespace, rootfsPropagation) is refused up front."""
+    def read_only(config: dict[str, Any]) -> None:
+        _without_namespaces(config)
+        config["root"]["readonly"] = True
+
+    bundle = rt_bundle(["sh", "-c", "touch /x; echo done"], read_only)
+    out = run_inside(flatrun, bundle)
+    assert "Read-only file system" in out and "done" in out
+    assert not (bundle / "x").exists()
+    assert _mounts_under(bundle) == []
+
+    def bad_mount(config: dict[str, Any]) -> None:
+        _without_namespaces(config)
+        config["mounts"].append({"destination": "/late", "type": "nosuchfs", "source": "x"})
+
+    bundle = rt_bundle(["true"], bad_mount)
+    failed = create(flatrun, bundle, flatrun.new_id(), check=False)
+    assert failed.returncode != 0 and "mounts[6]" in failed.stderr
+    assert _mounts_under(bundle) == []
+    assert flatrun("list", "--quiet").stdout == ""
+
+    for edit, message in (
+            (lambda c: c["linux"].update(namespaces=[{"type": "user"}],
+                                         uidMappings=[{"containerID": 0, "hostID": 100000,
+                                                       "size": 65536}],
+                                         gidMappings=[{"containerID": 0, "hostID": 100000,
+                                                       "size": 65536}]),
+             "linux.namespaces: a user namespace needs a mount namespace too"),
+            (lambda c: c["linux"].update(rootfsPropagation="shared"),
+             "linux.rootfsPropagation: needs a mount namespace")):
+        def refused(config: dict[str, Any], edit: Any = edit) -> None:
+            _without_namespaces(config)
+            edit(config)
+
+        bundle = rt_bundle(["true"], refused)
+        result = create(flatrun, bundle, flatrun.new_id(), check=False)
+        assert result.returncode != 0 and message in result.stderr
+        assert _mounts_under(bundle) == []
+        assert flatrun("list", "--quiet").stdout == ""
+
+
 # -- linux_devices.t, linux_masked_paths.t, linux_readonly_paths.t -------------------------
 
 def test_devices_masked_and_readonly_paths(flatrun: Flatrun, rt_bundle: RtBundle) -> None:

@@ -186,6 +186,11 @@ def test_exec_in_running_container(flatrun: Flatrun, make_bundle: Bundles,
     pid_file = tmp_path / "exec.pid"
     flatrun("exec", "-d", "--pid-file", str(pid_file), cid, "sleep", "5")
     exec_pid = int(pid_file.read_text())
+    # `exec -d` returns once the process is started; its execve may still be under way.
+    deadline = time.monotonic() + 5
+    while (not Path(f"/proc/{exec_pid}/cmdline").read_bytes().startswith(b"sleep")
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
     assert Path(f"/proc/{exec_pid}/cmdline").read_bytes().startswith(b"sleep")
 
 

@@ -131,8 +131,6 @@ BAD: list[tuple[list[tuple[str, Any]], str, str]] = [
     ([("mounts[1].gidMappings", [{"containerID": 0, "hostID": 1, "size": 0}]),
       ("mounts[1].uidMappings", MAPS)], "mounts[1].gidMappings[0].size",
      "must be greater than zero"),
-    ([("linux.namespaces", [{"type": "pid"}, {"type": "uts"}]), ("linux.maskedPaths", DELETE),
-      ("linux.readonlyPaths", DELETE)], "mounts", "requires a mount namespace in linux.namespaces"),
     # process
     ([("process", [])], "process", "expected object, got array"),
     ([("process.args", DELETE)], "process.args", "required"),
@@ -395,8 +393,6 @@ BAD: list[tuple[list[tuple[str, Any]], str, str]] = [
     ([("linux.maskedPaths[1]", "proc/kcore")], "linux.maskedPaths[1]",
      "must be an absolute path"),
     ([("linux.readonlyPaths[0]", 5)], "linux.readonlyPaths[0]", "expected string, got integer"),
-    ([("mounts", DELETE), ("linux.namespaces", [{"type": "uts"}])], "linux.maskedPaths",
-     "requires a mount namespace in linux.namespaces"),
     ([("linux.personality", {"domain": "BSD"})], "linux.personality.domain",
      'unknown domain "BSD"'),
     ([("linux.personality", {"domain": "LINUX", "flags": "x"})], "linux.personality.flags",

@@ -308,8 +308,6 @@ def validate_config(config: dict[str, Any]) -> None:
     mounts = config.get("mounts")
     if mounts is not None:
         _mounts(mounts)
-        if mounts and "mount" not in namespaces:
-            raise ConfigError("mounts", "requires a mount namespace in linux.namespaces")
     process = config.get("process")
     if process is not None:
         _process(_obj(process, "process"))
@@ -579,8 +577,6 @@ def _linux(linux: dict[str, Any], ns: dict[str, tuple[int, str | None]],
         for i, path in enumerate(paths):
             if not path.startswith("/"):
                 raise ConfigError(f"linux.{key}[{i}]", "must be an absolute path")
-        if "mount" not in ns:
-            raise ConfigError(f"linux.{key}", "requires a mount namespace in linux.namespaces")
     _opt(linux, "mountLabel", "linux", _str)
     personality = linux.get("personality")
     if personality is not None:

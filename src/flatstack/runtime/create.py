@@ -59,7 +59,15 @@ def check_runtime_requirements(config: dict[str, Any]) -> None:
     linux = config.get("linux") or {}
     types = {n.get("type"): n for n in linux.get("namespaces") or []}
     if "mount" not in types:
-        raise FlatstackError("linux.namespaces: flatrun needs a mount namespace")
+        # The container shares the runtime's mount namespace (the spec's "inherit"):
+        # what needs a private mount tree cannot be had there.
+        if "user" in types:
+            raise FlatstackError("linux.namespaces: a user namespace needs a mount "
+                                 "namespace too (its mounts would be the host's)")
+        if _wants_idmapped_trees(config):
+            raise FlatstackError("mounts: idmapped mounts need a mount namespace")
+        if linux.get("rootfsPropagation"):
+            raise FlatstackError("linux.rootfsPropagation: needs a mount namespace")
     process = config.get("process")
     if not process or not process.get("args"):
         raise FlatstackError("process.args: required to create a container")
@@ -172,6 +180,8 @@ class _Cleanup:
         self.cgroup: Any = None
         self.userns_owner = ""
         self.trees: dict[str, int] = {}
+        #: (rootfs, mount ids kept): a container without a mount namespace of its own.
+        self.host_mounts: tuple[str, list[int]] | None = None
 
     def run(self) -> None:
         for fd in self.trees.values():
@@ -191,6 +201,10 @@ class _Cleanup:
                 self.cgroup.destroy()
             except FlatstackError:
                 pass
+        if self.host_mounts is not None:
+            from flatstack.runtime import host_mounts
+
+            host_mounts.release(*self.host_mounts)
         if self.userns_owner:
             from flatstack.runtime.userns_pool import release
 
@@ -223,6 +237,12 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
                          if k in linux},
         "rootless": rootless,
     })
+    if not any(n.get("type") == "mount" for n in linux.get("namespaces") or []):
+        from flatstack.runtime import host_mounts
+
+        cleanup.host_mounts = (config["root"]["path"],
+                               host_mounts.snapshot(config["root"]["path"]))
+        container.data["host_mounts"] = cleanup.host_mounts
     os.mkfifo(container.fifo_path, 0o622)
     # Writable by the container's root even when it is an unmapped id (user namespace);
     # the init reaches the FIFO only through the fd it inherits.

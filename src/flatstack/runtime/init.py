@@ -45,6 +45,9 @@ class LaunchPlan:
         self.joins.sort(key=lambda item: item[0] != ns.CLONE_NEWUSER)
         self.in_userns = bool(self.new_flags & ns.CLONE_NEWUSER) or any(
             flag == ns.CLONE_NEWUSER for flag, _ in self.joins)
+        #: False when the container shares the runtime's mount namespace.
+        self.has_mount_ns = bool(self.new_flags & ns.CLONE_NEWNS) or any(
+            flag == ns.CLONE_NEWNS for flag, _ in self.joins)
         self.fifo_fd = -1
         self.console_fd = -1
         self.preserve_fds = 0
@@ -60,6 +63,8 @@ class LaunchPlan:
             (config.get("hooks") or {}).get("prestart")
             or (config.get("hooks") or {}).get("createRuntime"))
         self.is_exec = False
+        #: exec into a container without a mount namespace: its rootfs, to chroot into.
+        self.exec_root = ""
         self.close_in_child: list[int] = []
         self.mount_trees: dict[str, int] = {}  # idmapped detached trees, made by the parent
         self.landlock: Any = None  # runtime.landlock.Policy, checked by the parent
@@ -265,7 +270,8 @@ def stage_two(plan: LaunchPlan) -> None:
 
         builder = RootfsBuilder(config, plan.rootfs, plan.bundle, in_userns=plan.in_userns,
                                 cgroup_paths=plan.cgroup_paths, cgroup_hook=gate,
-                                mount_trees=plan.mount_trees)
+                                mount_trees=plan.mount_trees,
+                                own_mount_ns=plan.has_mount_ns)
         builder.prepare()
         if plan.wants_parent_hooks:
             gate()  # the parent sends "cgroup" first; prestart hooks see the cgroup

@@ -171,8 +171,13 @@ class RootfsBuilder:
 
     def __init__(self, config: dict[str, Any], rootfs: str, bundle: str, *,
                  in_userns: bool, cgroup_paths: dict[str, str] | None,
-                 cgroup_hook: Any = None, mount_trees: dict[str, int] | None = None) -> None:
+                 cgroup_hook: Any = None, mount_trees: dict[str, int] | None = None,
+                 own_mount_ns: bool = True) -> None:
         self.config = config
+        #: False: the container shares the runtime's mount namespace (no "mount" in
+        #: linux.namespaces); its mounts go under the rootfs there, and its root is a
+        #: chroot (pivot_root or a move onto "/" would change the host's root).
+        self.own_mount_ns = own_mount_ns
         self.mount_trees = mount_trees or {}  # idmapped detached trees (runtime/idmapped.py)
         self.rootfs = rootfs
         self.bundle = bundle
@@ -197,9 +202,15 @@ class RootfsBuilder:
         root_flag = m.MS_SLAVE | m.MS_REC
         if propagation in ("private", "rprivate"):
             root_flag = PROPAGATION_FLAGS[propagation] | m.MS_REC
-        m.mount(None, "/", None, root_flag)
+        if self.own_mount_ns:
+            m.mount(None, "/", None, root_flag)
         tree = self.mount_trees.pop("rootfs", None)
-        if tree is not None:
+        if not self.own_mount_ns:
+            # A bind of the rootfs onto itself only where a read-only root needs a mount.
+            if (self.config.get("root") or {}).get("readonly"):
+                m.mount(self.rootfs, self.rootfs, None, m.MS_BIND | m.MS_REC)
+            self.root_fd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        elif tree is not None:
             # A detached clone of the rootfs made by the runtime on the host side
             # (idmapped, or simply because the container's root may not be able to
             # search the bundle's parent directories): stage one left the cwd on the
@@ -461,7 +472,9 @@ class RootfsBuilder:
     def pivot(self, no_pivot: bool = False) -> None:
         """Make the prepared root the process's ``/``."""
         os.fchdir(self.root_fd)
-        if no_pivot:
+        if not self.own_mount_ns:
+            os.chroot(".")
+        elif no_pivot:
             m.mount(".", "/", None, m.MS_MOVE)
             os.chroot(".")
         else:

@@ -243,7 +243,8 @@ def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, st
         if fstype not in ("cgroup", "cgroup2") or fields[2] in seen:
             continue
         seen.add(fields[2])
-        result.append((_unescape(fields[4]), _unescape(fields[3]), fstype, options))
+        result.append((_fastos.unescape_mountinfo(fields[4]),
+                       _fastos.unescape_mountinfo(fields[3]), fstype, options))
     return result
 
 
@@ -261,13 +262,6 @@ def own_cgroups(path: str = "/proc/self/cgroup") -> dict[str, str]:
         for name in controllers.split(",") if controllers else [""]:
             result[name] = cgpath
     return result
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    if "\\" not in field:
-        return field
-    return field.encode().decode("unicode_escape")
 
 
 def hugepage_sizes(sysfs: str = "/sys/kernel/mm/hugepages") -> list[str]:

@@ -38,6 +38,10 @@ def delete(root: str, container_id: str, *, force: bool = False) -> None:
                 if not force:
                     raise
                 posix.write(2, f"flatrun: warning: {err}\n".encode())
+        if container.data.get("host_mounts"):
+            from flatstack.runtime import host_mounts
+
+            host_mounts.release(*container.data["host_mounts"])
         hooks = (container.data.get("hooks") or {}).get("poststop")
         if hooks:
             from flatstack.runtime.hooks import run_hooks

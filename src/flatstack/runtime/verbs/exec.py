@@ -121,6 +121,10 @@ def exec_process(opts: ExecOptions) -> int:
     plan.joins = _namespaces_of(init_pid, container.data.get("namespaces") or [])
     plan.new_flags = 0
     plan.in_userns = any(flag == ns.CLONE_NEWUSER for flag, _ in plan.joins)
+    if not any(flag == ns.CLONE_NEWNS for flag, _ in plan.joins):
+        # The container shares the runtime's mount namespace: its root is a chroot, the
+        # rootfs recorded at create (not /proc/PID/root, which the container can move).
+        plan.exec_root = container.data.get("rootfs") or "/"
     if linux.get("seccomp"):
         from flatstack.runtime.create import seccomp_program
 
@@ -228,6 +232,9 @@ def _exec_stage_one(plan: LaunchPlan) -> None:
         from flatstack.kernel import proc
 
         proc.set_dumpable(False)
+        root_fd = -1
+        if plan.exec_root:
+            root_fd = os.open(plan.exec_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         mount_fd = -1
         joins = plan.joins
         if plan.in_userns and os.geteuid() == 0:
@@ -251,6 +258,10 @@ def _exec_stage_one(plan: LaunchPlan) -> None:
         if mount_fd >= 0:
             ns.setns(mount_fd, ns.CLONE_NEWNS)
             os.close(mount_fd)
+        if root_fd >= 0:
+            os.fchdir(root_fd)
+            os.chroot(".")
+            os.close(root_fd)
         if plan.in_userns:
             try:
                 os.setresgid(0, 0, 0)

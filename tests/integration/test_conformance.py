@@ -512,6 +512,31 @@ def test_no_mount_namespace_read_only_root_and_failed_create(
         assert flatrun("list", "--quiet").stdout == ""
 
 
+def test_joining_the_runtimes_own_mount_namespace_is_inheriting_it(
+        flatrun: Flatrun, rt_bundle: RtBundle, tmp_path: Path) -> None:
+    """A mount namespace given by path that is the runtime's own must not be set up as
+    a private tree (a slave "/" and a pivot_root there would take the root away from
+    every process in it): it is inherited, as with no entry.  Run inside a throwaway
+    mount namespace, so even the old behaviour could not harm the host's."""
+    def own_mount_ns(config: dict[str, Any]) -> None:
+        _without_namespaces(config)
+        config["linux"]["namespaces"] = [{"type": "mount", "path": "/proc/self/ns/mnt"}]
+
+    bundle = rt_bundle(["sh", "-c", "ls /"], own_mount_ns)
+    cid = flatrun.new_id()
+    base = f"{flatrun.binary} --root {flatrun.root}"
+    script = (f"{base} create --bundle {bundle} {cid} > {bundle}/out 2>&1 && "
+              f"{base} start {cid} && sleep 0.3 && "
+              f"ls / > {tmp_path}/after && {base} delete {cid} && "
+              f"grep -c {bundle} /proc/self/mountinfo > {tmp_path}/left; true")
+    subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                   stdin=subprocess.DEVNULL, check=True, timeout=30)
+    assert "linuxrc" in (bundle / "out").read_text()  # the container: its own root
+    after = (tmp_path / "after").read_text()
+    assert "linuxrc" not in after and "proc" in after  # the namespace kept its root
+    assert (tmp_path / "left").read_text().strip() == "0"  # delete detached its mounts
+
+
 # -- linux_devices.t, linux_masked_paths.t, linux_readonly_paths.t -------------------------
 
 def test_devices_masked_and_readonly_paths(flatrun: Flatrun, rt_bundle: RtBundle) -> None:

@@ -42,16 +42,26 @@ class CreateOptions:
         self.internal_console = False
 
 
-def _is_own_uts(path: str | None) -> bool:
-    """Whether a uts namespace to join is the runtime's own (the host's, usually):
-    a joined namespace of another container may be renamed, as runc and crun do."""
+def _is_own(path: str | None, kind: str) -> bool:
+    """Whether a namespace to join (``kind`` as in /proc/PID/ns) is the runtime's own."""
     if not path:
         return False
     try:
-        joined, own = os.stat(path), os.stat("/proc/self/ns/uts")
+        joined, own = os.stat(path), os.stat(f"/proc/self/ns/{kind}")
     except OSError:
         return False  # joining it fails later with a clear error
     return (joined.st_dev, joined.st_ino) == (own.st_dev, own.st_ino)
+
+
+def inherit_own_mount_namespace(config: dict[str, Any]) -> None:
+    """A mount namespace given by path that is the runtime's own is no private tree:
+    the container inherits it, as with no ``mount`` entry at all (rootfs mounts made
+    there and detached by delete, a chroot).  Setting it up as a private tree would
+    make the host's "/" a slave and pivot_root the host's root away."""
+    linux = config.get("linux") or {}
+    spaces = linux.get("namespaces") or []
+    if any(n.get("type") == "mount" and _is_own(n.get("path"), "mnt") for n in spaces):
+        linux["namespaces"] = [n for n in spaces if n.get("type") != "mount"]
 
 
 def check_runtime_requirements(config: dict[str, Any]) -> None:
@@ -73,7 +83,7 @@ def check_runtime_requirements(config: dict[str, Any]) -> None:
         raise FlatstackError("process.args: required to create a container")
     for field in ("hostname", "domainname"):
         if config.get(field) is not None and ("uts" not in types
-                                              or _is_own_uts(types["uts"].get("path"))):
+                                              or _is_own(types["uts"].get("path"), "uts")):
             raise FlatstackError(f"{field}: setting a {field} needs a uts namespace other "
                                  "than the runtime's own")
     user_ns = types.get("user")
@@ -151,6 +161,7 @@ def create(opts: CreateOptions, *, subreaper: bool = False) -> Container:
     from flatstack.oci.config import load_config
 
     config = load_config(opts.bundle)
+    inherit_own_mount_namespace(config)
     if "org.flatstack.userns" not in (config.get("annotations") or {}):
         check_runtime_requirements(config)
     container = Container.new(opts.root, opts.container_id)

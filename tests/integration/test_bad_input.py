@@ -46,6 +46,13 @@ def _set(path: str, value: Any):
 
 _DELETE = object()
 
+
+def _joined_own(kind: str, link: str):
+    def edit(config: dict[str, Any]) -> None:
+        spaces = [n for n in config["linux"]["namespaces"] if n["type"] != kind]
+        config["linux"]["namespaces"] = [*spaces, {"type": kind, "path": f"/proc/self/ns/{link}"}]
+    return edit
+
 CASES = [
     ("process.args", _set("process.args", "sh"), "process.args"),
     ("ociVersion", _set("ociVersion", _DELETE), "ociVersion"),
@@ -59,6 +66,14 @@ CASES = [
      _set("linux.uidMappings", [{"containerID": 0, "hostID": 1000, "size": 1}]),
      "linux.uidMappings"),
     ("host sysctl", _set("linux.sysctl", {"vm.swappiness": "10"}), "linux.sysctl.vm.swappiness"),
+    # The runtime's own network/ipc namespace given by path: the sysctl would be the host's.
+    ("sysctl in the host netns", lambda config: (
+        _joined_own("network", "net")(config),
+        _set("linux.sysctl", {"net.ipv4.ip_forward": "0"})(config)),
+     "linux.sysctl.net.ipv4.ip_forward: not allowed in the host network namespace"),
+    ("sysctl in the host ipc ns", lambda config: (
+        _joined_own("ipc", "ipc")(config), _set("linux.sysctl", {"kernel.shmmax": "4096"})(config)),
+     "linux.sysctl.kernel.shmmax: not allowed in the host ipc namespace"),
 ]
 
 

@@ -767,6 +767,10 @@ def _sysctl(sysctl: dict[str, str], ns: dict[str, tuple[int, str | None]]) -> No
         if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
             if "ipc" not in ns:
                 raise ConfigError(f, "requires an ipc namespace in linux.namespaces")
+            index, path = ns["ipc"]
+            if path is not None and _same_file(path, "/proc/self/ns/ipc",
+                                               f"linux.namespaces[{index}].path"):
+                raise ConfigError(f, "not allowed in the host ipc namespace")
         elif name.startswith("net."):
             if "network" not in ns:
                 raise ConfigError(f, "requires a network namespace in linux.namespaces")

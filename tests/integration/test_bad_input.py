@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,29 @@ def test_json_log_on_error(flatrun: Flatrun, tmp_path: Path) -> None:
     assert line["level"] == "error"
     assert "does not exist" in line["msg"]
     assert os.path.getsize(log) > 0
+
+
+def test_cgroup_that_already_holds_processes_is_refused(flatrun: Flatrun,
+                                                        make_bundle: Bundles) -> None:
+    """linux.cgroupsPath naming a cgroup with processes in it (a hierarchy's root, "/",
+    always has): refused before anything is written, and nothing in it is killed."""
+    name = f"flatrun-busy-{os.getpid()}"
+    holder = Path("/sys/fs/cgroup/pids") / name
+    holder.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (holder / "cgroup.procs").write_text(str(sleeper.pid))
+        for path in (f"/{name}", "/"):
+            bundle = make_bundle(["true"], edit=_set("linux.cgroupsPath", path))
+            cid = flatrun.new_id()
+            result = flatrun("create", "-b", bundle, cid, check=False)
+            assert result.returncode == 1
+            assert "linux.cgroupsPath: /sys/fs/cgroup/" in result.stderr, result.stderr
+            assert "a container needs its own cgroup" in result.stderr
+            assert sleeper.poll() is None, "a process of the existing cgroup was killed"
+            assert_no_leftovers(flatrun, cid)
+            assert cgroup_dirs(name) == [str(holder)]  # none made in other hierarchies
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        holder.rmdir()

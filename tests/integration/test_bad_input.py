@@ -134,7 +134,8 @@ def test_bad_mount_source_cleans_up(flatrun: Flatrun, make_bundle: Bundles) -> N
 @pytest.mark.parametrize(("kind", "path", "why"), [
     ("network", "/no/such/netns", "no such file or directory"),
     ("network", "/proc/self/ns/uts", "invalid argument"),
-    ("mount", "/no/such/mntns", "no such file or directory")])
+    ("mount", "/no/such/mntns", "no such file or directory"),
+    ("user", "/proc/self/ns/user", "it is the runtime's own user namespace")])
 def test_bad_namespace_path_cleans_up(flatrun: Flatrun, make_bundle: Bundles, kind: str,
                                       path: str, why: str) -> None:
     """A namespace to join that is missing or of another type, whether the runtime enters

@@ -87,6 +87,9 @@ def check_runtime_requirements(config: dict[str, Any]) -> None:
             raise FlatstackError(f"{field}: setting a {field} needs a uts namespace other "
                                  "than the runtime's own")
     user_ns = types.get("user")
+    if user_ns is not None and _is_own(user_ns.get("path"), "user"):
+        raise FlatstackError(f"linux.namespaces: joining {user_ns['path']}: it is the "
+                             "runtime's own user namespace (leave the entry out to share it)")
     if user_ns is not None and not user_ns.get("path") and not linux.get("uidMappings"):
         raise FlatstackError("linux.uidMappings: a new user namespace needs uid mappings")
     if user_ns is None and (linux.get("uidMappings") or linux.get("gidMappings")):

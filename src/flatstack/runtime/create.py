@@ -251,12 +251,6 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
                          if k in linux},
         "rootless": rootless,
     })
-    if not any(n.get("type") == "mount" for n in linux.get("namespaces") or []):
-        from flatstack.runtime import host_mounts
-
-        cleanup.host_mounts = (config["root"]["path"],
-                               host_mounts.snapshot(config["root"]["path"]))
-        container.data["host_mounts"] = cleanup.host_mounts
     os.mkfifo(container.fifo_path, 0o622)
     # Writable by the container's root even when it is an unmapped id (user namespace);
     # the init reaches the FIFO only through the fd it inherits.
@@ -266,6 +260,11 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
     plan = LaunchPlan(config, container_id=container.id, bundle=opts.bundle,
                       rootfs=config["root"]["path"], channel=child_end)
     plan.fifo_fd = fifo_fd
+    if not plan.has_mount_ns:
+        from flatstack.runtime import host_mounts
+
+        cleanup.host_mounts = (plan.rootfs, host_mounts.snapshot(plan.rootfs))
+        container.data["host_mounts"] = cleanup.host_mounts
     if container._lock_fd is not None:
         plan.close_in_child.append(container._lock_fd)
     plan.preserve_fds = opts.preserve_fds
@@ -343,8 +342,6 @@ def _create(opts: CreateOptions, config: dict[str, Any], container: Container,
                 relay_seccomp_listener(config, dict(plan.hook_state, pid=init_pid), init_pid,
                                        payload)
                 parent_end.send("seccomp-done")
-            elif tag == "warning":
-                os.write(2, f"flatrun: warning: {payload}\n".encode())
             elif tag == "created":
                 break
             elif tag == "error":

@@ -50,8 +50,14 @@ class Channel:
         return b"".join(chunks)
 
     def recv(self) -> tuple[str, Any]:
-        size = int.from_bytes(self._read_exact(4), "little")
-        return marshal.loads(self._read_exact(size))
+        """The next message; a child's ``warning`` messages are printed on our stderr
+        on the way (``flatrun: warning: ...``), whatever the reader waits for."""
+        while True:
+            size = int.from_bytes(self._read_exact(4), "little")
+            tag, payload = marshal.loads(self._read_exact(size))
+            if tag != "warning":
+                return tag, payload
+            os.write(2, f"flatrun: warning: {payload}\n".encode())
 
     def expect(self, tag: str) -> Any:
         """Receive one message; relay a child's error; insist on ``tag``."""

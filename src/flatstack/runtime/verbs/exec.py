@@ -173,8 +173,6 @@ def exec_process(opts: ExecOptions) -> int:
                 relay_seccomp_listener({"linux": {"seccomp": plan.linux.get("seccomp")}},
                                        state, pid, payload)
                 parent_end.send("seccomp-done")
-            elif tag == "warning":
-                os.write(2, f"flatrun: warning: {payload}\n".encode())
             elif tag == "started":
                 break
             elif tag == "error":

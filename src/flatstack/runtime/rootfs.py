@@ -192,8 +192,22 @@ class RootfsBuilder:
 
     def prepare(self) -> None:
         """Everything before pivot_root."""
-        linux = self.linux
-        propagation = linux.get("rootfsPropagation")
+        if self.own_mount_ns:
+            self._own_root()
+        else:
+            # Shared with the runtime: a bind of the rootfs onto itself only where a
+            # read-only root needs a mount of its own.
+            if (self.config.get("root") or {}).get("readonly"):
+                m.mount(self.rootfs, self.rootfs, None, m.MS_BIND | m.MS_REC)
+            self.root_fd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for index, mnt in enumerate(self.config.get("mounts") or []):
+            self._mount_one(index, mnt)
+        self._devices()
+
+    def _own_root(self) -> None:
+        """In the container's own mount namespace: "/" made slave (private if asked),
+        the rootfs bound (or its host-side tree attached) as the root to pivot to."""
+        propagation = self.linux.get("rootfsPropagation")
         from flatstack.oci.config import PROPAGATION_FLAGS
 
         # Until pivot_root the host's tree stays slave (private if asked): pivot_root
@@ -202,15 +216,9 @@ class RootfsBuilder:
         root_flag = m.MS_SLAVE | m.MS_REC
         if propagation in ("private", "rprivate"):
             root_flag = PROPAGATION_FLAGS[propagation] | m.MS_REC
-        if self.own_mount_ns:
-            m.mount(None, "/", None, root_flag)
+        m.mount(None, "/", None, root_flag)
         tree = self.mount_trees.pop("rootfs", None)
-        if not self.own_mount_ns:
-            # A bind of the rootfs onto itself only where a read-only root needs a mount.
-            if (self.config.get("root") or {}).get("readonly"):
-                m.mount(self.rootfs, self.rootfs, None, m.MS_BIND | m.MS_REC)
-            self.root_fd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        elif tree is not None:
+        if tree is not None:
             # A detached clone of the rootfs made by the runtime on the host side
             # (idmapped, or simply because the container's root may not be able to
             # search the bundle's parent directories): stage one left the cwd on the
@@ -220,9 +228,6 @@ class RootfsBuilder:
         else:
             m.mount(self.rootfs, self.rootfs, None, m.MS_BIND | m.MS_REC)
             self.root_fd = os.open(self.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        for index, mnt in enumerate(self.config.get("mounts") or []):
-            self._mount_one(index, mnt)
-        self._devices()
 
     def _mount_one(self, index: int, mnt: dict[str, Any]) -> None:
         dest = mnt["destination"]

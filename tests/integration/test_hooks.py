@@ -84,3 +84,21 @@ def test_start_container_hook_runs_inside(flatrun: Flatrun, make_bundle: Bundles
     cid = flatrun.new_id()
     out = flatrun("run", "-b", bundle, cid).stdout
     assert out.strip() == "flatrun"
+
+
+def test_state_says_creating_until_create_returns(flatrun: Flatrun, make_bundle: Bundles,
+                                                  tmp_path: Path) -> None:
+    """While create still sets the container up (here: in its createRuntime hook, the
+    init already alive), `state` reports "creating", not "created" (runtime.md: created
+    means the create operation has finished)."""
+    seen = tmp_path / "seen"
+    cid = flatrun.new_id()
+
+    def edit(config: dict[str, Any]) -> None:
+        config["hooks"] = {"createRuntime": [{"path": "/bin/sh", "args": [
+            "sh", "-c", f"cat > /dev/null; {flatrun.binary} --root {flatrun.root} "
+                        f"state {cid} > {seen}"]}]}
+
+    flatrun("create", "-b", make_bundle(["true"], edit=edit), cid)
+    assert json.loads(seen.read_text())["status"] == "creating"
+    assert flatrun.state(cid)["status"] == "created"

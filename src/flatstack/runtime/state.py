@@ -151,6 +151,8 @@ class Container:
             return "stopped"
         if not self.init_alive():
             return "creating" if self.data.get("creating") and self.pid == 0 else "stopped"
+        if self.data.get("creating"):
+            return "creating"  # the init lives, but create has not finished setting it up
         if exists(self.fifo_path):
             return "created"
         if self.data.get("paused"):
